@@ -1,0 +1,1 @@
+"""Everything that touches Kafka and disk: topics, worker, executors, timers, client, CLI, local broker."""
