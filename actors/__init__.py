@@ -1,1 +1,32 @@
 """The workflow model: authoring API and the per-run actor (pure: no Kafka, no disk, no clock)."""
+
+from actors.context import Context, StepInfo, current_step
+from actors.errors import (
+    ErrorInfo,
+    NonDeterminismError,
+    RetryableError,
+    RunFailed,
+    StepFailed,
+    SteadyError,
+    TerminalError,
+    WorkflowDefinitionError,
+)
+from actors.policy import RetryPolicy
+from actors.workflow import Registry, Workflow
+
+__all__ = [
+    "Context",
+    "ErrorInfo",
+    "NonDeterminismError",
+    "Registry",
+    "RetryPolicy",
+    "RetryableError",
+    "RunFailed",
+    "StepFailed",
+    "StepInfo",
+    "SteadyError",
+    "TerminalError",
+    "Workflow",
+    "WorkflowDefinitionError",
+    "current_step",
+]

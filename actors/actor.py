@@ -1,0 +1,233 @@
+"""The actor of one workflow run: ``decide`` what a command means, ``evolve`` the state by each event.
+
+Both are pure: no Kafka, no disk, no clock (time arrives on the command). :class:`Actor` joins them with the
+replay executor, which runs the user's workflow code when a result arrives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import assert_never
+
+from actors.commands import Command, CompleteStep, FailStep, StartWorkflow
+from actors.events import (
+    Event,
+    EventBody,
+    StepAttemptFailed,
+    StepCompleted,
+    StepResultDropped,
+    StepScheduled,
+    ValueRecorded,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowStarted,
+    WorkflowStuck,
+)
+from actors.model import EntryKind, EntryState, JournalEntry, RunState, RunStatus
+from actors.replay import activate
+from actors.workflow import Registry
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What a command means for a run.
+
+    Attributes:
+        events: what happened, to append to the history and fold into the state.
+        activate: whether the workflow code should run next (a result it may be waiting for arrived).
+        rejected: why the command cannot apply to any run (it then goes to the dead-letter topic).
+    """
+
+    events: list[EventBody] = field(default_factory=list)
+    activate: bool = False
+    rejected: str = ""
+
+
+def _step_entry(state: RunState, seq: int) -> JournalEntry | None:
+    if 0 <= seq < len(state.journal) and state.journal[seq].kind is EntryKind.STEP:
+        return state.journal[seq]
+    return None
+
+
+def _check_result(state: RunState, seq: int, attempt: int) -> tuple[JournalEntry | None, str]:
+    if state.status.finished:
+        return None, f"the run is {state.status.value}"
+    entry = _step_entry(state, seq)
+    if entry is None:
+        return None, f"no step at call {seq}"
+    if entry.state is not EntryState.SCHEDULED:
+        return None, f"step {entry.name!r} is already {entry.state.value}"
+    if entry.attempt != attempt:
+        return None, f"attempt {attempt} of step {entry.name!r} is not current (attempt {entry.attempt} is)"
+    return entry, ""
+
+
+def decide(state: RunState | None, command: Command) -> Decision:
+    """What ``command`` means for the run in ``state`` (``None``: no such run yet)."""
+    body = command.body
+    if state is None:
+        if isinstance(body, StartWorkflow):
+            started = WorkflowStarted(body.workflow_type, body.version, body.input, command.id)
+            return Decision([started], activate=True)
+        return Decision(rejected=f"no run {command.key} exists for {type(body).__name__}")
+    match body:
+        case StartWorkflow():
+            return Decision()  # the run exists: starting it again changes nothing
+        case CompleteStep(seq=seq, attempt=attempt, result=result, started_at_ms=started):
+            entry, reason = _check_result(state, seq, attempt)
+            if entry is None:
+                return Decision([StepResultDropped(seq, attempt, reason)])
+            return Decision([StepCompleted(seq, entry.name, attempt, result, started)], activate=True)
+        case FailStep(seq=seq, attempt=attempt, error=error, started_at_ms=started, retry_after_ms=retry_after):
+            entry, reason = _check_result(state, seq, attempt)
+            if entry is None:
+                return Decision([StepResultDropped(seq, attempt, reason)])
+            assert entry.options is not None and entry.args is not None
+            delay = entry.options.retry_delay_ms(attempt, error, retry_after)
+            if delay is None:
+                return Decision([StepAttemptFailed(seq, entry.name, attempt, error, started, final=True)], activate=True)
+            retry = StepScheduled(
+                seq, entry.name, entry.occurrence, attempt + 1, entry.function, entry.args, entry.options
+            )
+            return Decision([StepAttemptFailed(seq, entry.name, attempt, error, started, final=False), retry])
+        case _:
+            assert_never(body)
+
+
+def _set_entry(state: RunState, entry: JournalEntry) -> tuple[JournalEntry, ...]:
+    journal = state.journal
+    if entry.seq == len(journal):
+        return (*journal, entry)
+    return (*journal[: entry.seq], entry, *journal[entry.seq + 1 :])
+
+
+def evolve(state: RunState | None, event: Event) -> RunState:
+    """The run's state after ``event``. Folding a run's whole history gives its state."""
+    body = event.body
+    if state is None:
+        if not isinstance(body, WorkflowStarted):
+            raise ValueError(f"a run's history must begin with WorkflowStarted, not {type(body).__name__}")
+        return RunState(
+            tenant=event.tenant,
+            workflow_id=event.workflow_id,
+            workflow_type=body.workflow_type,
+            version=body.version,
+            status=RunStatus.RUNNING,
+            input=body.input,
+            start_id=body.start_id,
+            started_at_ms=event.at_ms,
+            updated_at_ms=event.at_ms,
+            history_len=1,
+        )
+    state = replace(state, history_len=state.history_len + 1, updated_at_ms=event.at_ms)
+    match body:
+        case WorkflowStarted():
+            raise ValueError(f"run {state.key} started twice in its history")
+        case StepScheduled():
+            entry = _step_entry(state, body.seq)
+            if entry is None:
+                entry = JournalEntry(
+                    seq=body.seq,
+                    kind=EntryKind.STEP,
+                    name=body.name,
+                    state=EntryState.SCHEDULED,
+                    occurrence=body.occurrence,
+                    function=body.function,
+                    args=body.args,
+                    options=body.options,
+                )
+            entry = replace(entry, state=EntryState.SCHEDULED, attempt=body.attempt, scheduled_at_ms=event.at_ms)
+            return replace(state, journal=_set_entry(state, entry))
+        case StepCompleted():
+            entry = state.journal[body.seq]
+            resolution = state.resolutions + 1
+            done = replace(
+                entry, state=EntryState.COMPLETED, result=body.result, finished_at_ms=event.at_ms, resolution=resolution
+            )
+            return replace(state, journal=_set_entry(state, done), resolutions=resolution)
+        case StepAttemptFailed():
+            entry = replace(state.journal[body.seq], error=body.error)
+            if not body.final:
+                return replace(state, journal=_set_entry(state, entry))
+            resolution = state.resolutions + 1
+            entry = replace(entry, state=EntryState.FAILED, finished_at_ms=event.at_ms, resolution=resolution)
+            return replace(state, journal=_set_entry(state, entry), resolutions=resolution)
+        case StepResultDropped():
+            return state
+        case ValueRecorded():
+            entry = JournalEntry(
+                seq=body.seq, kind=EntryKind.VALUE, name=body.name, state=EntryState.COMPLETED, args=body.value
+            )
+            return replace(state, journal=_set_entry(state, entry))
+        case WorkflowCompleted():
+            return replace(state, status=RunStatus.COMPLETED, result=body.result)
+        case WorkflowFailed():
+            return replace(state, status=RunStatus.FAILED, error=body.error)
+        case WorkflowStuck():
+            return replace(state, status=RunStatus.STUCK, reason=body.reason)
+        case _:
+            assert_never(body)
+
+
+def fold(state: RunState | None, events: list[Event]) -> RunState | None:
+    """Fold ``events`` into ``state``, in order."""
+    for event in events:
+        state = evolve(state, event)
+    return state
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of handling one command.
+
+    Attributes:
+        state: the run's state afterwards (``None`` if there is still no run).
+        events: the new history events, numbered and stamped.
+        rejected: why the command applies to no run (for the dead-letter topic); empty otherwise.
+    """
+
+    state: RunState | None
+    events: list[Event]
+    rejected: str = ""
+
+
+class Actor:
+    """Handles commands for runs of the workflows in ``registry``."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def handle(self, state: RunState | None, command: Command) -> Outcome:
+        """Apply ``command`` to the run in ``state``; run the workflow code when a result it awaits arrived."""
+        body = command.body
+        if state is None and isinstance(body, StartWorkflow):
+            workflow = self.registry.get(body.workflow_type, body.version)
+            if workflow is None:
+                wanted = f"{body.workflow_type!r}" + (f" version {body.version!r}" if body.version else "")
+                return Outcome(None, [], rejected=f"unknown workflow type {wanted}")
+            command = replace(command, body=replace(body, version=workflow.version))
+        decision = decide(state, command)
+        if decision.rejected:
+            return Outcome(state, [], rejected=decision.rejected)
+        events: list[Event] = []
+        state = self._append(state, command, decision.events, events)
+        if decision.activate and state is not None and state.status is RunStatus.RUNNING:
+            workflow = self.registry.get(state.workflow_type, state.version)
+            if workflow is None:
+                reason = f"workflow {state.workflow_type!r} version {state.version!r} is not registered on this worker"
+                bodies: list[EventBody] = [WorkflowStuck(reason)]
+            else:
+                bodies = activate(state, workflow, command.at_ms)
+            state = self._append(state, command, bodies, events)
+        return Outcome(state, events)
+
+    @staticmethod
+    def _append(
+        state: RunState | None, command: Command, bodies: list[EventBody], out: list[Event]
+    ) -> RunState | None:
+        for body in bodies:
+            seq = state.history_len if state is not None else 0
+            event = Event(command.tenant, command.workflow_id, seq, command.at_ms, body)
+            state = evolve(state, event)
+            out.append(event)
+        return state

@@ -1,0 +1,128 @@
+"""Events of a run: what happened, in order. Each is appended to the history topic and folded into the state.
+
+Folding a run's history with :func:`actors.actor.evolve` gives its state; that is how the consistency of the
+changelog is checked and how a timeline is shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from actors.errors import ErrorInfo
+from actors.model import run_key
+from actors.payload import Payload
+from actors.policy import StepOptions
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowStarted:
+    """The run started with ``input``, pinned to ``version`` of ``workflow_type``."""
+
+    workflow_type: str
+    version: str
+    input: Payload
+    start_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepScheduled:
+    """Attempt ``attempt`` of the step at ``seq`` was handed to the step executors."""
+
+    seq: int
+    name: str
+    occurrence: int
+    attempt: int
+    function: str
+    args: Payload
+    options: StepOptions
+
+
+@dataclass(frozen=True, slots=True)
+class StepCompleted:
+    """The step at ``seq`` returned ``result`` on attempt ``attempt``, which started at ``started_at_ms``."""
+
+    seq: int
+    name: str
+    attempt: int
+    result: Payload
+    started_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepAttemptFailed:
+    """Attempt ``attempt`` of the step at ``seq`` failed; ``final`` when no attempt follows."""
+
+    seq: int
+    name: str
+    attempt: int
+    error: ErrorInfo
+    started_at_ms: int
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StepResultDropped:
+    """A result arrived for an attempt that is not current (a duplicate, or late); it changed nothing."""
+
+    seq: int
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ValueRecorded:
+    """The workflow read ``value`` from the outside world at call ``seq`` (``ctx.now()``)."""
+
+    seq: int
+    name: str
+    value: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowCompleted:
+    """The workflow function returned ``result``."""
+
+    result: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowFailed:
+    """The workflow function raised ``error``."""
+
+    error: ErrorInfo
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowStuck:
+    """The run is parked: ``reason`` says why (divergent replay, unknown version). Nothing else is touched."""
+
+    reason: str
+
+
+EventBody = (
+    WorkflowStarted
+    | StepScheduled
+    | StepCompleted
+    | StepAttemptFailed
+    | StepResultDropped
+    | ValueRecorded
+    | WorkflowCompleted
+    | WorkflowFailed
+    | WorkflowStuck
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One history record: event number ``seq`` of the run ``tenant/workflow_id``, at ``at_ms``."""
+
+    tenant: str
+    workflow_id: str
+    seq: int
+    at_ms: int
+    body: EventBody
+
+    @property
+    def key(self) -> str:
+        """``tenant/workflow_id``."""
+        return run_key(self.tenant, self.workflow_id)

@@ -1,0 +1,135 @@
+"""The state of one workflow run: what the actor knows, rebuilt from its changelog or its history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from actors.errors import ErrorInfo
+from actors.payload import Payload
+from actors.policy import StepOptions
+
+DEFAULT_TENANT = "default"
+
+
+def run_key(tenant: str, workflow_id: str) -> str:
+    """The key of a run on every topic: ``tenant/workflow_id``."""
+    return f"{tenant}/{workflow_id}"
+
+
+class RunStatus(StrEnum):
+    """Where a run is in its life."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    STUCK = "stuck"
+    """Parked: its code diverged from its journal or cannot run here; nothing else is touched."""
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run has its terminal record."""
+        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class EntryKind(StrEnum):
+    """What a journal entry records."""
+
+    STEP = "step"
+    VALUE = "value"
+    """A value the workflow read from the outside world (``ctx.now()``), recorded so replay sees it again."""
+
+
+class EntryState(StrEnum):
+    """Where a journal entry's work stands."""
+
+    SCHEDULED = "scheduled"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One durable call of the workflow, at position ``seq`` in call order.
+
+    Attributes:
+        seq: position of the call in the run (0, 1, 2, ...).
+        kind: what the call was.
+        name: the name the workflow gave it (a step's name, or ``now``).
+        state: whether it is still being worked on.
+        occurrence: how many calls of this name came before it, plus one.
+        attempt: the current (or last) attempt of a step.
+        function: import path of a step's function (``module:qualname``).
+        args: a step's arguments, or a recorded value.
+        result: a step's result.
+        error: a failed step's last error.
+        options: a step's retry policy and timeout.
+        scheduled_at_ms: when the current attempt was scheduled.
+        finished_at_ms: when the entry completed or failed.
+        resolution: the order in which the run's results arrived (1, 2, ...); 0 while unanswered. Replay
+            delivers results in this order, one per round, so that the workflow sees them as it first did.
+    """
+
+    seq: int
+    kind: EntryKind
+    name: str
+    state: EntryState
+    occurrence: int = 1
+    attempt: int = 1
+    function: str = ""
+    args: Payload | None = None
+    result: Payload | None = None
+    error: ErrorInfo | None = None
+    options: StepOptions | None = None
+    scheduled_at_ms: int = 0
+    finished_at_ms: int = 0
+    resolution: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunState:
+    """Everything the actor of one run knows.
+
+    Attributes:
+        tenant: the run's tenant.
+        workflow_id: the run's id, unique within the tenant.
+        workflow_type: the registered workflow's name.
+        version: the workflow code version the run started with (runs are pinned to it).
+        status: where the run is.
+        input: the workflow's input.
+        start_id: id of the command that started the run.
+        started_at_ms: when it started.
+        updated_at_ms: when its state last changed.
+        journal: the durable calls made so far, indexed by ``seq``.
+        result: the workflow's result once completed.
+        error: the error it failed with.
+        reason: why a run is stuck.
+        history_len: how many history events the run has (the next event's number).
+        resolutions: how many results have arrived; each one activated the workflow once.
+    """
+
+    tenant: str
+    workflow_id: str
+    workflow_type: str
+    version: str
+    status: RunStatus
+    input: Payload
+    start_id: str
+    started_at_ms: int
+    updated_at_ms: int
+    journal: tuple[JournalEntry, ...] = ()
+    result: Payload | None = None
+    error: ErrorInfo | None = None
+    reason: str = ""
+    history_len: int = 0
+    resolutions: int = 0
+
+    @property
+    def key(self) -> str:
+        """``tenant/workflow_id``."""
+        return run_key(self.tenant, self.workflow_id)
+
+    def pending_steps(self) -> list[JournalEntry]:
+        """Steps scheduled and not yet finished."""
+        return [e for e in self.journal if e.kind is EntryKind.STEP and e.state is EntryState.SCHEDULED]

@@ -1,0 +1,143 @@
+"""The replay executor: runs a workflow function against its journal and says what it does next.
+
+Each activation runs the ``async def`` from the start on a private, deterministic event loop. Results are
+delivered in rounds, in the order they first arrived (round 0 is the start, round ``n`` delivers the
+``n``-th result), so that code which races steps (``asyncio.gather``, ``asyncio.wait``) sees the same order on
+every replay. In the last round the journal has no more answers: the calls made then are the new work, and
+the function suspends at the first ``await`` that nothing answers.
+
+The loop runs callbacks only; it has no clock, no I/O and no threads. ``asyncio`` timers (``asyncio.sleep``
+with a delay, ``wait_for``) are not durable and are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterator
+from contextvars import Context as ContextVars
+from typing import Any
+
+from actors import payload
+from actors.context import Context
+from actors.errors import ErrorInfo, NonDeterminismError, WorkflowDefinitionError, error_info
+from actors.events import EventBody, WorkflowCompleted, WorkflowFailed, WorkflowStuck
+from actors.model import RunState
+from actors.workflow import Workflow
+
+
+class ReplayLoop(asyncio.AbstractEventLoop):
+    """A deterministic event loop that runs ready callbacks until none is left."""
+
+    def __init__(self, now: float) -> None:
+        self._ready: deque[asyncio.Handle] = deque()
+        self._now = now
+
+    def call_soon(
+        self, callback: Callable[..., object], *args: Any, context: ContextVars | None = None
+    ) -> asyncio.Handle:
+        handle = asyncio.Handle(callback, args, self, context)
+        self._ready.append(handle)
+        return handle
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any, **kwargs: Any) -> Any:
+        raise WorkflowDefinitionError(
+            "asyncio timers do not survive a restart: use ctx.sleep(...) instead of asyncio.sleep/wait_for"
+        )
+
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any, **kwargs: Any) -> Any:
+        return self.call_later(0, callback)
+
+    def time(self) -> float:
+        return self._now
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.Future(loop=self)
+
+    def create_task(self, coro: Any, *, name: str | None = None, context: ContextVars | None = None) -> Any:
+        return asyncio.Task(coro, loop=self, name=name, context=context)
+
+    def get_debug(self) -> bool:
+        return False
+
+    def is_running(self) -> bool:
+        return True
+
+    def is_closed(self) -> bool:
+        return False
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        # Pending tasks and unretrieved errors of a suspended workflow are expected; nothing to report.
+        return
+
+    def default_exception_handler(self, context: dict[str, Any]) -> None:
+        return
+
+    def run_ready(self) -> None:
+        """Run callbacks until the workflow can make no more progress."""
+        while self._ready:
+            handle = self._ready.popleft()
+            if not handle.cancelled():
+                handle._run()  # noqa: SLF001 - the documented way a loop runs a Handle
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Make this loop the running loop of the thread for the duration (asyncio.gather needs one)."""
+        previous = asyncio.events._get_running_loop()  # noqa: SLF001
+        asyncio.events._set_running_loop(self)  # noqa: SLF001
+        try:
+            yield
+        finally:
+            asyncio.events._set_running_loop(previous)  # noqa: SLF001
+
+    def close_tasks(self) -> None:
+        """Close the coroutines of a suspended workflow so that nothing of it stays in memory."""
+        with self.running():
+            for task in asyncio.all_tasks(self):
+                coro = task.get_coro()
+                if isinstance(coro, Coroutine):
+                    with contextlib.suppress(BaseException):
+                        coro.close()
+        self._ready.clear()
+
+
+def activate(state: RunState, workflow: Workflow, now_ms: int) -> list[EventBody]:
+    """Run the workflow against ``state``'s journal and return the events of what it did next.
+
+    Returns new ``StepScheduled``/``ValueRecorded`` events while it suspends, and a ``WorkflowCompleted`` or
+    ``WorkflowFailed`` once it ends. A divergence from the journal returns only ``WorkflowStuck``.
+    """
+    loop = ReplayLoop(now_ms / 1000)
+    ctx = Context(state, loop, now_ms, workflow.retry, workflow.step_timeout)
+    try:
+        args: tuple[Any, ...] = (payload.decode(state.input, workflow.input_type),) if workflow.takes_input else ()
+    except ValueError as exc:
+        return [WorkflowFailed(ErrorInfo("InvalidInput", f"the input does not match {workflow!r}: {exc}", False))]
+    try:
+        with loop.running():
+            task = loop.create_task(workflow.fn(ctx, *args))
+            loop.run_ready()
+            for resolution in range(1, state.resolutions + 1):
+                if task.done():
+                    ctx.diverge(f"the workflow ended before result {resolution} of {state.resolutions} arrived")
+                ctx.begin_round(resolution)
+                loop.run_ready()
+    except NonDeterminismError:
+        pass  # recorded in ctx.divergence, even if the workflow code caught it
+    ctx.close()
+    if ctx.divergence is not None:
+        loop.close_tasks()
+        return [WorkflowStuck(str(ctx.divergence))]
+    if not task.done():
+        loop.close_tasks()
+        return ctx.new_events
+    if ctx.calls < len(state.journal):
+        return [WorkflowStuck(f"workflow ended after {ctx.calls} calls but its journal holds {len(state.journal)}")]
+    exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
+    if exc is None:
+        try:
+            return [*ctx.new_events, WorkflowCompleted(payload.encode(task.result()))]
+        except (TypeError, ValueError) as err:
+            return [WorkflowFailed(ErrorInfo("InvalidResult", f"the result cannot be encoded as JSON: {err}", False))]
+    return [*ctx.new_events, WorkflowFailed(error_info(exc))]

@@ -1,0 +1,305 @@
+"""The client: start runs, await their results, read their status and history.
+
+Example:
+    ```python
+    async with Client("127.0.0.1:9092") as client:
+        handle = await client.start(orders, OrderRequest(...), id="order-42")
+        receipt = await handle.result(timeout=30)
+        for event in await client.history("order-42"):
+            print(event)
+    ```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+from actors import payload
+from actors.commands import Command, StartWorkflow
+from actors.errors import RunFailed, SteadyError
+from actors.events import Event
+from actors.model import DEFAULT_TENANT, RunState, run_key
+from actors.workflow import Workflow
+from streams.executor import wall_clock_ms
+from streams.records import COMMAND, COMPLETION, EVENT, STATE, Completion
+from streams.settings import Settings
+from streams.topics import Topics, ensure_topics
+
+
+class RunHandle:
+    """A handle on one run: its result, status and history."""
+
+    def __init__(self, client: Client, tenant: str, workflow_id: str, workflow: Workflow | None) -> None:
+        self._client = client
+        self.tenant = tenant
+        self.workflow_id = workflow_id
+        self._workflow = workflow
+
+    @property
+    def key(self) -> str:
+        """``tenant/workflow_id``."""
+        return run_key(self.tenant, self.workflow_id)
+
+    async def completion(self, timeout: float | None = None) -> Completion:
+        """The run's terminal record, once there is one."""
+        return await self._client.completion(self.tenant, self.workflow_id, timeout=timeout)
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """The run's result (decoded with the workflow's return annotation when the handle knows it).
+
+        Raises:
+            RunFailed: the run failed.
+            TimeoutError: no terminal record within ``timeout`` seconds.
+        """
+        done = await self.completion(timeout)
+        if done.status != "completed" or done.result is None:
+            assert done.error is not None
+            raise RunFailed(self.key, done.error)
+        annotation = self._workflow.output_type if self._workflow is not None else Any
+        return payload.decode(done.result, annotation)
+
+    async def status(self) -> RunState | None:
+        """The run's latest state snapshot, or ``None`` if it has none yet."""
+        return await self._client.status(self.workflow_id, tenant=self.tenant)
+
+    async def history(self) -> list[Event]:
+        """The run's events, in order."""
+        return await self._client.history(self.workflow_id, tenant=self.tenant)
+
+
+class Client:
+    """Talks to Steady through its topics. Use as an async context manager, or call :meth:`close`."""
+
+    def __init__(
+        self, bootstrap: str | None = None, *, prefix: str | None = None, tenant: str = DEFAULT_TENANT
+    ) -> None:
+        self.settings = Settings.from_env(bootstrap=bootstrap, prefix=prefix)
+        self.topics = Topics.named(self.settings.prefix)
+        self.tenant = tenant
+        self._producer: AIOKafkaProducer | None = None
+        self._partitioner = DefaultPartitioner()
+        self._partitions = 0
+        self._created_ms = wall_clock_ms()
+        self._watch: asyncio.Task[None] | None = None
+        self._done: dict[str, Completion] = {}
+        self._recent: set[str] = set()
+        self._waiters: dict[str, list[asyncio.Future[Completion]]] = {}
+
+    async def __aenter__(self) -> Client:
+        await self._connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _connect(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            await ensure_topics(self.settings)
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.settings.bootstrap, enable_idempotence=True, acks="all", linger_ms=1
+            )
+            await producer.start()
+            self._partitions = len(await producer.partitions_for(self.topics.inbox))
+            self._producer = producer
+        return self._producer
+
+    async def close(self) -> None:
+        """Stop watching completions and close the connections."""
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    def _partition(self, key: str) -> int:
+        parts = list(range(self._partitions))
+        return int(self._partitioner(key.encode(), parts, parts))
+
+    # -- starting and following runs ------------------------------------------------------------------------
+
+    async def start(
+        self,
+        workflow: Workflow | str,
+        input: Any = None,  # noqa: A002 - the name users expect
+        *,
+        id: str | None = None,  # noqa: A002
+        tenant: str | None = None,
+        version: str = "",
+    ) -> RunHandle:
+        """Start a run of ``workflow`` with ``input``; if run ``id`` exists, return a handle on it instead.
+
+        Args:
+            workflow: the workflow (or its type name).
+            input: a pydantic model or JSON value.
+            id: the run id (default: a new UUID). Starting an existing id starts no second run.
+            tenant: the run's tenant (default: the client's).
+            version: the code version to start (default: the newest the workers have).
+        """
+        await self._connect()
+        self._ensure_watching()
+        tenant = tenant or self.tenant
+        workflow_id = id or str(uuid.uuid4())
+        name = workflow.name if isinstance(workflow, Workflow) else workflow
+        command = Command(
+            id=f"start/{tenant}/{workflow_id}",
+            tenant=tenant,
+            workflow_id=workflow_id,
+            at_ms=wall_clock_ms(),
+            body=StartWorkflow(name, payload.encode(input), version),
+        )
+        await self.send(command)
+        # Its terminal record comes after this client started watching: no need to scan for an older one.
+        self._recent.add(command.key)
+        return RunHandle(self, tenant, workflow_id, workflow if isinstance(workflow, Workflow) else None)
+
+    async def send(self, command: Command) -> None:
+        """Produce ``command`` to the inbox and wait until the broker has it."""
+        producer = await self._connect()
+        await producer.send_and_wait(
+            self.topics.inbox,
+            COMMAND.encode(command),
+            key=command.key.encode(),
+            partition=self._partition(command.key),
+            headers=COMMAND.headers,
+        )
+
+    def handle(self, id: str, *, tenant: str | None = None, workflow: Workflow | None = None) -> RunHandle:  # noqa: A002
+        """A handle on an existing run."""
+        return RunHandle(self, tenant or self.tenant, id, workflow)
+
+    async def completion(self, tenant: str, workflow_id: str, *, timeout: float | None = None) -> Completion:
+        """Wait for the terminal record of run ``tenant/workflow_id``."""
+        await self._connect()
+        key = run_key(tenant, workflow_id)
+        if key not in self._done and key not in self._recent:
+            found = await self._scan(self.topics.completions, key, since_ms=None)
+            if found:
+                self._done[key] = COMPLETION.decode(found[0])
+        if key in self._done:
+            return self._done[key]
+        self._ensure_watching()
+        waiter: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, []).append(waiter)
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        finally:
+            waiters = self._waiters.get(key, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+
+    def _ensure_watching(self) -> None:
+        if self._watch is None:
+            self._watch = asyncio.create_task(self._watch_completions(), name="steady completions")
+
+    async def _watch_completions(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap, isolation_level="read_committed", enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(self.topics.completions, p) for p in range(self._partitions)]
+            consumer.assign(tps)
+            # Terminal records of runs this client starts come after it was created; earlier ones are scanned.
+            since = await consumer.offsets_for_times({tp: self._created_ms - 5_000 for tp in tps})
+            ends = await consumer.end_offsets(tps)
+            for tp in tps:
+                found = since.get(tp)
+                consumer.seek(tp, found.offset if found is not None else ends[tp])
+            while True:
+                batch = await consumer.getmany(timeout_ms=1000)
+                for records in batch.values():
+                    for record in records:
+                        self._deliver(record.value)
+        finally:
+            await consumer.stop()
+
+    def _deliver(self, value: bytes) -> None:
+        try:
+            done = COMPLETION.decode(value)
+        except ValueError:
+            return
+        self._done.setdefault(done.key, done)
+        for waiter in self._waiters.pop(done.key, []):
+            if not waiter.done():
+                waiter.set_result(done)
+
+    async def completions(
+        self, *, tenant: str | None = None, workflow_type: str | None = None, from_beginning: bool = False
+    ) -> AsyncIterator[Completion]:
+        """Every terminal record from now on (or from the beginning), filtered by tenant and type."""
+        await self._connect()
+        consumer = AIOKafkaConsumer(
+            self.topics.completions,
+            bootstrap_servers=self.settings.bootstrap,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest" if from_beginning else "latest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            async for record in consumer:
+                done = COMPLETION.decode(record.value)
+                if (tenant is None or done.tenant == tenant) and (
+                    workflow_type is None or done.workflow_type == workflow_type
+                ):
+                    yield done
+        finally:
+            await consumer.stop()
+
+    # -- reading state and history ---------------------------------------------------------------------------
+
+    async def status(self, id: str, *, tenant: str | None = None) -> RunState | None:  # noqa: A002
+        """The latest state snapshot of run ``id`` (read from the compacted state changelog)."""
+        await self._connect()
+        values = await self._scan(self.topics.state, run_key(tenant or self.tenant, id), since_ms=None)
+        return STATE.decode(values[-1]) if values else None
+
+    async def history(self, id: str, *, tenant: str | None = None) -> list[Event]:  # noqa: A002
+        """Every history event of run ``id``, in order."""
+        await self._connect()
+        key = run_key(tenant or self.tenant, id)
+        state = await self.status(id, tenant=tenant)
+        since = state.started_at_ms - 60_000 if state is not None else None
+        return [EVENT.decode(v) for v in await self._scan(self.topics.history, key, since_ms=since)]
+
+    async def _scan(self, topic: str, key: str, *, since_ms: int | None) -> list[bytes]:
+        """Values of ``key`` on its partition of ``topic``, up to the current end (read_committed)."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap, isolation_level="read_committed", enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            tp = TopicPartition(topic, self._partition(key))
+            consumer.assign([tp])
+            end = (await consumer.end_offsets([tp]))[tp]
+            start = 0
+            if since_ms is not None:
+                found = (await consumer.offsets_for_times({tp: since_ms}))[tp]
+                start = found.offset if found is not None else end
+            else:
+                start = (await consumer.beginning_offsets([tp]))[tp]
+            if start >= end:
+                return []
+            consumer.seek(tp, start)
+            wanted = key.encode()
+            values: list[bytes] = []
+            deadline = time.monotonic() + 60
+            while await consumer.position(tp) < end and time.monotonic() < deadline:
+                batch = await consumer.getmany(tp, timeout_ms=500)
+                values.extend(r.value for r in batch.get(tp, []) if r.key == wanted and r.offset < end)
+            return values
+        finally:
+            await consumer.stop()
+
+
+__all__ = ["Client", "RunHandle", "SteadyError"]

@@ -1,0 +1,100 @@
+"""The records Steady writes and reads on its topics, beyond the actor's own commands, events and state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from actors.commands import Command
+from actors.errors import ErrorInfo
+from actors.events import Event
+from actors.model import RunState
+from actors.payload import Payload
+from schemas.codec import Codec, codec, from_avro, to_avro
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class StepTask:
+    """One attempt of one step, for the step executors (see ``schemas/task.avsc``)."""
+
+    tenant: str
+    workflow_id: str
+    workflow_type: str
+    version: str
+    seq: int
+    name: str
+    attempt: int
+    function: str
+    args: Payload
+    idempotency_key: str
+    timeout_ms: int
+    at_ms: int
+
+    @property
+    def key(self) -> str:
+        """``tenant/workflow_id``."""
+        return f"{self.tenant}/{self.workflow_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The terminal record of a run (see ``schemas/completion.avsc``)."""
+
+    tenant: str
+    workflow_id: str
+    workflow_type: str
+    version: str
+    status: str
+    result: Payload | None
+    error: ErrorInfo | None
+    started_at_ms: int
+    at_ms: int
+
+    @property
+    def key(self) -> str:
+        """``tenant/workflow_id``."""
+        return f"{self.tenant}/{self.workflow_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that could not be decoded or applied, with its original bytes (``schemas/dead_letter.avsc``)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    at_ms: int
+
+
+class RecordType:
+    """Encodes and decodes one record type with its schema file."""
+
+    def __init__(self, cls: type[Any], schema: str) -> None:
+        self.cls = cls
+        self.codec: Codec = codec(schema)
+
+    @property
+    def headers(self) -> list[tuple[str, bytes]]:
+        """The Kafka headers every record of this type carries."""
+        return [self.codec.header]
+
+    def encode(self, value: object) -> bytes:
+        """The record's bytes."""
+        return self.codec.encode(to_avro(value))
+
+    def decode(self, data: bytes) -> Any:
+        """The record in ``data``; raises ``schemas.codec.CodecError`` when it does not fit."""
+        return from_avro(self.cls, self.codec.decode(data))
+
+
+COMMAND = RecordType(Command, "inbox")
+EVENT = RecordType(Event, "history")
+STATE = RecordType(RunState, "state")
+TASK = RecordType(StepTask, "task")
+COMPLETION = RecordType(Completion, "completion")
+DEAD_LETTER = RecordType(DeadLetter, "dead_letter")

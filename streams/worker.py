@@ -1,0 +1,434 @@
+"""The worker: owns a share of the runs (partitions of the inbox) and drives their actors.
+
+One consumer in the workers' group reads the inbox and the tasks topic. Both have the same partition count
+and the range assignor gives a worker the same partition numbers of both, so the worker that owns a run also
+runs its steps and can tell, from its own state, whether a step task is still current.
+
+For each batch of inbox records the worker, in one Kafka transaction, writes the history events, new step
+tasks, completions and dead letters, the new state snapshot of every run it touched (the compacted
+``state`` changelog), and the consumed offsets. Consumers read ``read_committed``, so either all of a
+batch's effects are visible or none. The local RocksDB copy is written after the commit, together with the
+changelog offset it reflects; on assignment a worker brings it up to date from the changelog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.structs import ConsumerRecord
+
+from actors.actor import Actor
+from actors.commands import Command
+from actors.events import StepScheduled, WorkflowCompleted, WorkflowFailed
+from actors.model import EntryKind, EntryState, RunState, RunStatus
+from actors.workflow import Registry
+from schemas.codec import CodecError
+from streams.executor import Clock, StepExecutor, wall_clock_ms
+from streams.records import COMMAND, COMPLETION, DEAD_LETTER, EVENT, STATE, TASK, Completion, DeadLetter, StepTask
+from streams.settings import Settings
+from streams.store import RunStore
+from streams.topics import Topics, ensure_topics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Out:
+    topic: str
+    partition: int
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass(slots=True)
+class _TaskOffsets:
+    """Offsets of one tasks partition: the next to read, and those whose steps are still running."""
+
+    fetched: int = -1
+    running: set[int] = field(default_factory=set)
+    committed: int = -1
+
+    def committable(self) -> int | None:
+        nxt = min(self.running) if self.running else self.fetched
+        return nxt if nxt > self.committed else None
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._worker.revoke(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._worker.assign(assigned)
+
+
+class Worker:
+    """Runs the actors and the step executor for the workflows of ``registry``.
+
+    Example:
+        ```python
+        worker = Worker(Registry([orders]), Settings.from_env())
+        await worker.run()          # until stop() or cancellation
+        ```
+    """
+
+    def __init__(self, registry: Registry, settings: Settings, *, clock: Clock = wall_clock_ms) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.topics = Topics.named(settings.prefix)
+        self.actor = Actor(registry)
+        self.clock = clock
+        self.ready = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._partitions = settings.partitions
+        self._partitioner = DefaultPartitioner()
+        self._task_offsets: dict[TopicPartition, _TaskOffsets] = {}
+        # One store per topic namespace and worker: state of another prefix or worker is never mixed in.
+        self._store = RunStore(settings.state_dir / settings.prefix.rstrip(".") / settings.worker_id)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._reports: AIOKafkaProducer | None = None
+        self._executor: StepExecutor | None = None
+        self.applied = 0
+
+    # -- life cycle ----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create missing topics, join the workers' group and start the step executor."""
+        s = self.settings
+        await ensure_topics(s)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap,
+            transactional_id=f"{s.prefix}worker-{s.worker_id}",
+            transaction_timeout_ms=s.transaction_timeout_ms,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=2,
+        )
+        self._reports = AIOKafkaProducer(bootstrap_servers=s.bootstrap, enable_idempotence=True, acks="all")
+        await self._producer.start()
+        await self._reports.start()
+        self._executor = StepExecutor(
+            self._reports,
+            self.topics.inbox,
+            concurrency=s.step_concurrency,
+            threads=s.step_threads,
+            is_current=self.is_current,
+            clock=self.clock,
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap,
+            group_id=s.group,
+            client_id=f"steady-{s.worker_id}",
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            max_poll_records=s.max_batch,
+        )
+        await self._consumer.start()
+        self._partitions = len(self._consumer.partitions_for_topic(self.topics.inbox) or ()) or s.partitions
+        self._consumer.subscribe([self.topics.inbox, self.topics.tasks], listener=_Rebalance(self))
+        logger.info("worker %s joined group %s on %s", s.worker_id, s.group, s.bootstrap)
+
+    async def run(self) -> None:
+        """Start, then process records until :meth:`stop` is called or the task is cancelled."""
+        await self.start()
+        try:
+            await self._loop()
+        finally:
+            await self.close()
+
+    async def _loop(self) -> None:
+        assert self._consumer is not None
+        last_commit = time.monotonic()
+        while not self._stopping.is_set():
+            batch = await self._consumer.getmany(timeout_ms=200, max_records=self.settings.max_batch)
+            self._flow_control()
+            idle_commit = time.monotonic() - last_commit > 1.0
+            if batch or idle_commit:
+                if await self._process(batch, commit_idle=idle_commit):
+                    last_commit = time.monotonic()
+
+    def stop(self) -> None:
+        """Ask the worker to finish its current batch and leave the group."""
+        self._stopping.set()
+
+    async def close(self) -> None:
+        """Stop the executor, leave the group, close producers and the store."""
+        if self._executor is not None:
+            await self._executor.stop()
+        for client in (self._consumer, self._producer, self._reports):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.stop()
+        self._store.close()
+
+    # -- partitions ----------------------------------------------------------------------------------------
+
+    async def revoke(self, revoked: set[TopicPartition]) -> None:
+        """Let the batch in progress commit before the partitions go to another worker."""
+        async with self._lock:
+            for tp in revoked:
+                self._task_offsets.pop(tp, None)
+        logger.info("revoked %s", sorted((tp.topic, tp.partition) for tp in revoked))
+
+    async def assign(self, assigned: set[TopicPartition]) -> None:
+        """Bring the local state of newly owned partitions up to date from the changelog."""
+        partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topics.inbox)
+        began = time.monotonic()
+        restored = await self._restore(partitions)
+        logger.info(
+            "assigned partitions %s; restored %d state records in %.2fs",
+            partitions,
+            restored,
+            time.monotonic() - began,
+        )
+        self.ready.set()
+
+    async def _restore(self, partitions: list[int]) -> int:
+        if not partitions:
+            return 0
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        await consumer.start()
+        restored = 0
+        try:
+            tps = [TopicPartition(self.topics.state, p) for p in partitions]
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            todo = {}
+            for tp in tps:
+                start = self._store.next_offset(tp.partition)
+                if start > ends[tp]:
+                    logger.warning("changelog %s was recreated; dropping the local copy", tp)
+                    self._store.clear(tp.partition)
+                    start = 0
+                if start < ends[tp]:
+                    consumer.seek(tp, start)
+                    todo[tp] = ends[tp]
+            while todo:
+                batch = await consumer.getmany(*todo, timeout_ms=500)
+                for tp, records in batch.items():
+                    writes = [(r.key.decode(), r.value) for r in records if r.key is not None]
+                    self._store.write(tp.partition, writes, records[-1].offset + 1)
+                    restored += len(writes)
+                for tp in list(todo):
+                    if await consumer.position(tp) >= todo[tp]:
+                        self._store.write(tp.partition, [], todo.pop(tp))
+        finally:
+            await consumer.stop()
+        return restored
+
+    def _flow_control(self) -> None:
+        assert self._consumer is not None and self._executor is not None
+        task_tps = [tp for tp in self._consumer.assignment() if tp.topic == self.topics.tasks]
+        if self._executor.in_flight >= 4 * self.settings.step_concurrency:
+            self._consumer.pause(*task_tps)
+        elif self._consumer.paused():
+            self._consumer.resume(*task_tps)
+
+    # -- records -------------------------------------------------------------------------------------------
+
+    def partition_of(self, key: bytes) -> int:
+        """The partition of ``key`` on every Steady topic (Kafka's murmur2 default partitioner)."""
+        parts = list(range(self._partitions))
+        return int(self._partitioner(key, parts, parts))
+
+    def is_current(self, task: StepTask) -> bool:
+        """Whether ``task`` is still the current attempt of a scheduled step of a live run."""
+        state = self._store.get(self.partition_of(task.key.encode()), task.key)
+        if state is None:
+            logger.warning("no state for the run of step task %s; running it", task.idempotency_key)
+            return True
+        if state.status is not RunStatus.RUNNING or not 0 <= task.seq < len(state.journal):
+            return False
+        entry = state.journal[task.seq]
+        return entry.kind is EntryKind.STEP and entry.state is EntryState.SCHEDULED and entry.attempt == task.attempt
+
+    async def _process(self, batch: dict[TopicPartition, list[ConsumerRecord]], *, commit_idle: bool) -> bool:
+        async with self._lock:
+            outputs: list[_Out] = []
+            states: dict[str, tuple[int, RunState]] = {}
+            offsets: dict[TopicPartition, int] = {}
+            for tp, records in batch.items():
+                if tp.topic == self.topics.tasks:
+                    for record in records:
+                        self._accept_task(tp, record, outputs)
+                elif tp.topic == self.topics.inbox:
+                    for record in records:
+                        self._apply(record, states, outputs)
+                    offsets[tp] = records[-1].offset + 1
+            for tp, tracked in self._task_offsets.items():
+                nxt = tracked.committable()
+                if nxt is not None:
+                    offsets[tp] = nxt
+            if not outputs and not states and not (offsets and (commit_idle or batch)):
+                return False
+            await self._commit(outputs, states, offsets, batch)
+            return True
+
+    def _accept_task(self, tp: TopicPartition, record: ConsumerRecord, outputs: list[_Out]) -> None:
+        assert self._executor is not None
+        tracked = self._task_offsets.setdefault(tp, _TaskOffsets())
+        tracked.fetched = record.offset + 1
+        try:
+            task = TASK.decode(record.value)
+        except CodecError as exc:
+            outputs.append(self._dead_letter(record, f"undecodable step task: {exc}"))
+            return
+        tracked.running.add(record.offset)
+        assert self._executor is not None
+        self._executor.submit(task, lambda: tracked.running.discard(record.offset))
+
+    def _apply(self, record: ConsumerRecord, states: dict[str, tuple[int, RunState]], outputs: list[_Out]) -> None:
+        if record.key is None:
+            outputs.append(self._dead_letter(record, "inbox record without a key"))
+            return
+        partition = self.partition_of(record.key)
+        if partition != record.partition:
+            # A producer with another partitioner (librdkafka's default is CRC32): route it to its run's owner.
+            outputs.append(_Out(record.topic, partition, record.key, record.value, list(record.headers)))
+            return
+        try:
+            command = COMMAND.decode(record.value)
+        except CodecError as exc:
+            outputs.append(self._dead_letter(record, f"undecodable command: {exc}"))
+            return
+        if command.key.encode() != record.key:
+            outputs.append(self._dead_letter(record, f"record key {record.key!r} is not the command's run key"))
+            return
+        cached = states.get(command.key)
+        state = cached[1] if cached is not None else self._store.get(partition, command.key)
+        try:
+            outcome = self.actor.handle(state, command)
+        except Exception as exc:
+            logger.exception("command %s for %s could not be applied", command.id, command.key)
+            outputs.append(self._dead_letter(record, f"internal error applying {command.id}: {exc!r}"))
+            return
+        self.applied += 1
+        if outcome.rejected:
+            outputs.append(self._dead_letter(record, outcome.rejected))
+            return
+        if outcome.state is not None and outcome.events:
+            states[command.key] = (partition, outcome.state)
+        self._emit(command, outcome.state, outcome.events, partition, outputs)
+
+    def _emit(self, command: Command, state: RunState | None, events: list, partition: int, outputs: list[_Out]) -> None:  # type: ignore[type-arg]
+        key = command.key.encode()
+        for event in events:
+            outputs.append(_Out(self.topics.history, partition, key, EVENT.encode(event), EVENT.headers))
+            body = event.body
+            if isinstance(body, StepScheduled) and state is not None:
+                task = StepTask(
+                    tenant=state.tenant,
+                    workflow_id=state.workflow_id,
+                    workflow_type=state.workflow_type,
+                    version=state.version,
+                    seq=body.seq,
+                    name=body.name,
+                    attempt=body.attempt,
+                    function=body.function,
+                    args=body.args,
+                    idempotency_key=f"{state.tenant}/{state.workflow_id}/{body.name}/{body.occurrence}",
+                    timeout_ms=body.options.timeout_ms,
+                    at_ms=event.at_ms,
+                )
+                outputs.append(_Out(self.topics.tasks, partition, key, TASK.encode(task), TASK.headers))
+            elif isinstance(body, WorkflowCompleted | WorkflowFailed) and state is not None:
+                done = Completion(
+                    tenant=state.tenant,
+                    workflow_id=state.workflow_id,
+                    workflow_type=state.workflow_type,
+                    version=state.version,
+                    status=state.status.value,
+                    result=state.result,
+                    error=state.error,
+                    started_at_ms=state.started_at_ms,
+                    at_ms=event.at_ms,
+                )
+                outputs.append(_Out(self.topics.completions, partition, key, COMPLETION.encode(done), COMPLETION.headers))
+
+    def _dead_letter(self, record: ConsumerRecord, reason: str) -> _Out:
+        logger.warning(
+            "dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+        )
+        letter = DeadLetter(record.topic, record.partition, record.offset, record.key, record.value, reason, self.clock())
+        partition = self.partition_of(record.key) if record.key is not None else record.partition % self._partitions
+        return _Out(self.topics.dead_letter, partition, record.key, DEAD_LETTER.encode(letter), DEAD_LETTER.headers)
+
+    async def _commit(
+        self,
+        outputs: list[_Out],
+        states: dict[str, tuple[int, RunState]],
+        offsets: dict[TopicPartition, int],
+        batch: dict[TopicPartition, list[ConsumerRecord]],
+    ) -> None:
+        assert self._producer is not None and self._consumer is not None
+        encoded = {key: (partition, STATE.encode(state)) for key, (partition, state) in states.items()}
+        producer = self._producer
+        await producer.begin_transaction()
+        try:
+            for out in outputs:
+                await producer.send(out.topic, out.value, key=out.key, partition=out.partition, headers=out.headers)
+            pending = {
+                key: await producer.send(
+                    self.topics.state, value, key=key.encode(), partition=partition, headers=STATE.headers
+                )
+                for key, (partition, value) in encoded.items()
+            }
+            if offsets:
+                await producer.send_offsets_to_transaction(offsets, self.settings.group)
+            await producer.commit_transaction()
+        except Exception:
+            logger.exception("transaction failed; the batch will be read again")
+            with contextlib.suppress(Exception):
+                await producer.abort_transaction()
+            for tp, records in batch.items():
+                if tp.topic == self.topics.inbox and tp in self._consumer.assignment():
+                    self._consumer.seek(tp, records[0].offset)
+            raise
+        # Committed: the local copy follows, with the changelog position it now reflects.
+        by_partition: dict[int, tuple[list[tuple[str, bytes | None]], int]] = {}
+        for key, future in pending.items():
+            meta = future.result()
+            writes, nxt = by_partition.get(meta.partition, ([], 0))
+            writes.append((key, encoded[key][1]))
+            by_partition[meta.partition] = (writes, max(nxt, meta.offset + 1))
+        for partition, (writes, nxt) in by_partition.items():
+            self._store.write(partition, writes, nxt)
+        for tp, offset in offsets.items():
+            if tp in self._task_offsets:
+                self._task_offsets[tp].committed = offset
+
+
+async def run_worker(
+    registry: Registry, settings: Settings, *, clock: Clock = wall_clock_ms, on_ready: Callable[[], None] | None = None
+) -> None:
+    """Run a worker until cancelled (used by ``steady worker`` and ``steady dev``)."""
+    worker = Worker(registry, settings, clock=clock)
+    runner = asyncio.create_task(worker.run())
+    if on_ready is not None:
+        ready = asyncio.create_task(worker.ready.wait())
+        await asyncio.wait({runner, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if worker.ready.is_set():
+            on_ready()
+    await runner
