@@ -50,3 +50,10 @@ def decode(payload: Payload, annotation: Any = Any) -> Any:
     if annotation is Any or annotation is object:
         return json.loads(payload.data) if payload.data else None
     return _adapter(annotation).validate_json(payload.data)
+
+
+def to_text(payload: Payload) -> str:
+    """A payload as text for people (JSON as it is)."""
+    if payload.content_type != JSON:
+        raise ValueError(f"payload of content type {payload.content_type!r} is not text")
+    return payload.data.decode()

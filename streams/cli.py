@@ -2,33 +2,73 @@
 
 ::
 
+    steady dev                              local broker + worker + example workflows, runs a demo
+    steady worker --app module:attr         serve the workflows of a Registry (or Workflow, or list)
+    steady start TYPE --input JSON [--id ID] start a run (and wait for its result with --wait)
+    steady status ID                        a run's status
+    steady history ID                       a run's timeline
     steady broker start|stop|status|fetch   a local single-node Kafka from Kafka's own jars
-    steady dev                              local broker + a demo flowing through it
+
+Where Kafka is: ``--bootstrap``, else ``STEADY_KAFKA_BOOTSTRAP``, else the local broker started by
+``steady broker start`` or ``steady dev`` in this folder, else ``127.0.0.1:9092``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import json
 import logging
+import os
+import signal
 import sys
-import time
+import uuid
 from pathlib import Path
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
+from actors import Registry, RunFailed
 from streams.broker import KAFKA_VERSION, BrokerConfig, BrokerError, LocalBroker, ensure_jars
+from streams.client import Client
+from streams.settings import Settings
+from streams.timeline import format_status, format_timeline
+from streams.worker import Worker
 
 logger = logging.getLogger("steady")
 
 
 def _broker_config(args: argparse.Namespace) -> BrokerConfig:
     config = BrokerConfig()
-    if args.home:
+    if getattr(args, "home", None):
         config.home = Path(args.home)
-    if args.port:
+    if getattr(args, "port", 0):
         config.port = args.port
     return config
+
+
+def _bootstrap(args: argparse.Namespace) -> str:
+    if getattr(args, "bootstrap", None):
+        return str(args.bootstrap)
+    if os.environ.get("STEADY_KAFKA_BOOTSTRAP"):
+        return os.environ["STEADY_KAFKA_BOOTSTRAP"]
+    running = LocalBroker(BrokerConfig()).status()
+    if running is not None:
+        return f"127.0.0.1:{running['port']}"
+    return "127.0.0.1:9092"
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    return Settings.from_env(bootstrap=_bootstrap(args), prefix=getattr(args, "prefix", None), **extra)
+
+
+def load_app(ref: str) -> Registry:
+    """The Registry named by ``module:attr`` (a Registry, a Workflow, or a list of Workflows)."""
+    module_name, _, attr = ref.partition(":")
+    module = importlib.import_module(module_name)
+    return Registry.of(getattr(module, attr or "app"))
+
+
+# -- commands --------------------------------------------------------------------------------------------
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
@@ -52,36 +92,109 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _demo(bootstrap: str, count: int) -> None:
-    topic = "steady.demo"
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest")
-    await producer.start()
-    await consumer.start()
+async def _serve(worker: Worker) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, worker.stop)
+    await worker.run()
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    registry = load_app(args.app)
+    settings = _settings(args, worker_id=args.worker_id, state_dir=args.state_dir)
+    names = ", ".join(f"{w.name} v{w.version}" for w in registry)
+    print(f"worker {settings.worker_id} serving {names} on {settings.bootstrap}", flush=True)
+    asyncio.run(_serve(Worker(registry, settings)))
+    return 0
+
+
+def _parse_input(text: str | None) -> Any:
+    if text is None:
+        return None
     try:
-        await consumer.seek_to_end()
-        began = time.monotonic()
-        for i in range(count):
-            await producer.send(topic, key=f"k{i}".encode(), value=f"record {i}".encode())
-        await producer.flush()
-        seen = 0
-        while seen < count:
-            for records in (await consumer.getmany(timeout_ms=1000)).values():
-                seen += len(records)
-        print(f"produced and consumed {count} records on {topic} in {time.monotonic() - began:.2f}s")
-    finally:
-        await consumer.stop()
-        await producer.stop()
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"steady: --input is not JSON: {exc}") from exc
+
+
+async def _start(args: argparse.Namespace) -> int:
+    async with Client(_bootstrap(args), prefix=args.prefix, tenant=args.tenant) as client:
+        handle = await client.start(
+            args.workflow_type, _parse_input(args.input), id=args.id or str(uuid.uuid4()), version=args.version
+        )
+        print(f"started {handle.key}")
+        if args.wait:
+            try:
+                print(json.dumps(await handle.result(timeout=args.wait), default=str))
+            except RunFailed as exc:
+                print(f"failed: {exc.error}", file=sys.stderr)
+                return 1
+    return 0
+
+
+async def _status(args: argparse.Namespace) -> int:
+    async with Client(_bootstrap(args), prefix=args.prefix, tenant=args.tenant) as client:
+        state = await client.status(args.id)
+        if state is None:
+            print(f"no run {args.tenant}/{args.id}", file=sys.stderr)
+            return 1
+        print(format_status(state))
+    return 0
+
+
+async def _history(args: argparse.Namespace) -> int:
+    async with Client(_bootstrap(args), prefix=args.prefix, tenant=args.tenant) as client:
+        events = await client.history(args.id)
+        if not events:
+            print(f"no history for {args.tenant}/{args.id}", file=sys.stderr)
+            return 1
+        print(format_timeline(events))
+    return 0
+
+
+async def _demo(bootstrap: str, settings: Settings, runs: int, serve: bool) -> None:
+    from streams.examples import OrderRequest, app, orders  # noqa: PLC0415 - only the demo needs them
+
+    worker = Worker(app, settings)
+    serving = asyncio.create_task(_serve(worker))
+    await asyncio.wait_for(worker.ready.wait(), 120)
+    async with Client(bootstrap, prefix=settings.prefix) as client:
+        batch = uuid.uuid4().hex[:6]
+        handles = [
+            await client.start(
+                orders, OrderRequest(order_id=f"{batch}-{i}", sku="book", quantity=1 + i % 3, amount_cents=1299 + i),
+                id=f"order-{batch}-{i}",
+            )
+            for i in range(runs)
+        ]
+        for handle in handles:
+            receipt = await handle.result(timeout=60)
+            print(f"{handle.key}: {receipt.model_dump_json()}")
+        print(f"\ntimeline of {handles[0].key}:")
+        print(format_timeline(await handles[0].history()))
+    if serve:
+        print("\nworker running; start more runs with:\n"
+              f"  steady start order --input '{{\"order_id\": \"x1\", \"sku\": \"pen\", \"amount_cents\": 250}}'"
+              " --wait 30\nCtrl-C stops the worker and the broker.", flush=True)
+        await serving
+    else:
+        worker.stop()
+        await serving
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
-    broker = LocalBroker(_broker_config(args))
-    broker.start(embedded=True)
-    print(f"Kafka {KAFKA_VERSION} ready on {broker.bootstrap} (log: {broker.log_file})")
+    external = args.bootstrap or os.environ.get("STEADY_KAFKA_BOOTSTRAP")
+    broker = None if external else LocalBroker(_broker_config(args))
+    if broker is not None:
+        broker.start(embedded=True)
+        print(f"Kafka {KAFKA_VERSION} ready on {broker.bootstrap} (log: {broker.log_file})", flush=True)
+    bootstrap = external or (broker.bootstrap if broker else "")
+    settings = Settings.from_env(bootstrap=bootstrap, prefix=args.prefix, worker_id="dev")
     try:
-        asyncio.run(_demo(broker.bootstrap, args.count))
+        asyncio.run(_demo(bootstrap, settings, args.runs, serve=not args.once))
     finally:
-        broker.stop()
+        if broker is not None:
+            broker.stop()
     return 0
 
 
@@ -95,15 +208,51 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--home", help="broker folder (default .steady/broker or $STEADY_BROKER_HOME)")
         p.add_argument("--port", type=int, default=0, help="client port on 127.0.0.1 (default: free port)")
 
+    def kafka_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: see `steady --help`)")
+        p.add_argument("--prefix", help="topic prefix (default steady. or $STEADY_TOPIC_PREFIX)")
+
+    def run_options(p: argparse.ArgumentParser) -> None:
+        kafka_options(p)
+        p.add_argument("--tenant", default="default", help="the run's tenant")
+
     broker = sub.add_parser("broker", help="a local single-node Kafka broker")
     broker.add_argument("action", choices=["start", "stop", "status", "fetch"])
     broker_options(broker)
     broker.set_defaults(func=_cmd_broker)
 
-    dev = sub.add_parser("dev", help="start a local broker and run the demo on it")
+    dev = sub.add_parser("dev", help="local broker + worker + example workflows")
     broker_options(dev)
-    dev.add_argument("--count", type=int, default=1000, help="records to send through the broker")
+    kafka_options(dev)
+    dev.add_argument("--runs", type=int, default=5, help="example orders to run first")
+    dev.add_argument("--once", action="store_true", help="exit after the demo instead of serving")
     dev.set_defaults(func=_cmd_dev)
+
+    worker = sub.add_parser("worker", help="serve workflows")
+    kafka_options(worker)
+    worker.add_argument("--app", required=True, help="module:attr of a Registry, Workflow or list of Workflows")
+    worker.add_argument("--worker-id", help="stable id of this worker (default: host name)")
+    worker.add_argument("--state-dir", help="local state folder (default .steady/state)")
+    worker.set_defaults(func=_cmd_worker)
+
+    start = sub.add_parser("start", help="start a run")
+    run_options(start)
+    start.add_argument("workflow_type")
+    start.add_argument("--input", help="the input as JSON")
+    start.add_argument("--id", help="run id (default: a new UUID); an existing id starts no second run")
+    start.add_argument("--version", default="", help="code version (default: the newest)")
+    start.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the result and print it")
+    start.set_defaults(func=lambda a: asyncio.run(_start(a)))
+
+    status = sub.add_parser("status", help="a run's status")
+    run_options(status)
+    status.add_argument("id")
+    status.set_defaults(func=lambda a: asyncio.run(_status(a)))
+
+    history = sub.add_parser("history", help="a run's timeline")
+    run_options(history)
+    history.add_argument("id")
+    history.set_defaults(func=lambda a: asyncio.run(_history(a)))
     return parser
 
 
@@ -114,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args))
     except BrokerError as exc:

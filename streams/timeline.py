@@ -1,0 +1,105 @@
+"""Readable views of a run for operators: its status and the timeline of its history."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from actors import payload
+from actors.events import (
+    Event,
+    StepAttemptFailed,
+    StepCompleted,
+    StepResultDropped,
+    StepScheduled,
+    ValueRecorded,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowStarted,
+    WorkflowStuck,
+)
+from actors.model import EntryKind, RunState
+from actors.payload import Payload
+
+
+def _time(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _short(data: Payload | None, limit: int = 60) -> str:
+    if data is None:
+        return ""
+    try:
+        text = payload.to_text(data)
+    except ValueError:
+        text = f"<{len(data.data)} bytes {data.content_type}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def timeline(events: list[Event]) -> list[tuple[str, str, str, str, str, str]]:
+    """Rows of (time, event, step, attempt, duration, detail) for ``events``."""
+    rows = []
+    for event in events:
+        body = event.body
+        step = attempt = duration = detail = ""
+        match body:
+            case WorkflowStarted():
+                detail = f"{body.workflow_type} v{body.version} input={_short(body.input)}"
+            case StepScheduled():
+                step, attempt, detail = body.name, str(body.attempt), f"{body.function}{_short(body.args)}"
+            case StepCompleted():
+                step, attempt = body.name, str(body.attempt)
+                duration = f"{event.at_ms - body.started_at_ms} ms"
+                detail = _short(body.result)
+            case StepAttemptFailed():
+                step, attempt = body.name, str(body.attempt)
+                duration = f"{event.at_ms - body.started_at_ms} ms"
+                detail = f"{body.error} ({'final' if body.final else 'will retry'})"
+            case StepResultDropped():
+                step, attempt, detail = f"#{body.seq}", str(body.attempt), body.reason
+            case ValueRecorded():
+                detail = f"{body.name} = {_short(body.value)}"
+            case WorkflowCompleted():
+                detail = _short(body.result)
+            case WorkflowFailed():
+                detail = str(body.error)
+            case WorkflowStuck():
+                detail = body.reason
+        rows.append((_time(event.at_ms), type(body).__name__, step, attempt, duration, detail))
+    return rows
+
+
+def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    """A plain-text table."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def format_timeline(events: list[Event]) -> str:
+    """The history of a run as a table."""
+    return format_table(timeline(events), ("time", "event", "step", "attempt", "duration", "detail"))
+
+
+def format_status(state: RunState) -> str:
+    """A run's status in a few lines."""
+    lines = [
+        f"run       {state.key}",
+        f"workflow  {state.workflow_type} v{state.version}",
+        f"status    {state.status.value}",
+        f"started   {_time(state.started_at_ms)}",
+        f"updated   {_time(state.updated_at_ms)}",
+        f"history   {state.history_len} events, {len(state.journal)} journal entries",
+    ]
+    pending = state.pending_steps()
+    if pending:
+        lines.append("pending   " + ", ".join(f"{e.name} (attempt {e.attempt})" for e in pending))
+    steps = [e for e in state.journal if e.kind is EntryKind.STEP]
+    if steps:
+        lines.append(f"steps     {sum(e.state.value == 'completed' for e in steps)}/{len(steps)} completed")
+    if state.result is not None:
+        lines.append(f"result    {_short(state.result, 200)}")
+    if state.error is not None:
+        lines.append(f"error     {state.error}")
+    if state.reason:
+        lines.append(f"reason    {state.reason}")
+    return "\n".join(lines)

@@ -1,0 +1,144 @@
+"""Helpers shared by the integration and chaos tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import ConsumerRecord
+
+from actors.events import Event
+from actors.workflow import Registry
+from streams.records import COMPLETION, EVENT, Completion
+from streams.settings import Settings
+from streams.worker import Worker
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+    """The partition numbers of ``topic`` (empty if it does not exist)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return sorted(p["partition"] for p in described["partitions"])
+
+
+async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord]:
+    """Every committed record of ``topic``, from the beginning to the current end."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        for tp, offset in (await consumer.beginning_offsets(tps)).items():
+            consumer.seek(tp, offset)
+        out: list[ConsumerRecord] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            remaining = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
+            if not remaining:
+                break
+            batch = await consumer.getmany(*remaining, timeout_ms=500)
+            for tp, records in batch.items():
+                out.extend(r for r in records if r.offset < ends[tp])
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def histories(bootstrap: str, prefix: str) -> dict[str, list[Event]]:
+    """Every run's history events by run key, in order."""
+    runs: dict[str, list[Event]] = {}
+    for record in await read_topic(bootstrap, f"{prefix}history"):
+        event = EVENT.decode(record.value)
+        runs.setdefault(event.key, []).append(event)
+    return runs
+
+
+async def completions(bootstrap: str, prefix: str) -> list[Completion]:
+    """Every terminal record."""
+    return [COMPLETION.decode(r.value) for r in await read_topic(bootstrap, f"{prefix}completions")]
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.5) -> Any:
+    """Await ``check()`` (sync or async) until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(registry: Registry, settings: Settings) -> AsyncIterator[Worker]:
+    """A worker in this process, ready (partitions assigned and restored) when the block starts."""
+    worker = Worker(registry, settings)
+    task = asyncio.create_task(worker.run())
+    try:
+        ready = asyncio.create_task(worker.ready.wait())
+        await asyncio.wait({task, ready}, timeout=90, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()
+        assert worker.ready.is_set(), "worker did not get its partitions"
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 60)
+
+
+class WorkerProcess:
+    """``steady worker`` in a subprocess, for tests that kill it."""
+
+    def __init__(self, settings: Settings, app: str, log: Path, env: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.app = app
+        self.log = log
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        s = self.settings
+        cmd = [
+            sys.executable, "-m", "streams.cli", "-v", "worker", "--app", self.app,
+            "--bootstrap", s.bootstrap, "--prefix", s.prefix,
+            "--worker-id", s.worker_id, "--state-dir", str(s.state_dir),
+        ]  # fmt: skip
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -1,0 +1,113 @@
+"""Workflows and steps the tests run (module-level, so step executors in any process can import them)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from actors import Context, Registry, RetryPolicy, TerminalError, Workflow, current_step
+
+
+class Greeting(BaseModel):
+    name: str
+    times: int = 1
+
+
+def shout(text: str) -> str:
+    return text.upper()
+
+
+async def repeat(text: str, times: int) -> str:
+    return " ".join([text] * times)
+
+
+def count_chars(text: str) -> dict[str, int]:
+    return {"chars": len(text)}
+
+
+chain = Workflow("chain")
+
+
+@chain.main
+async def run_chain(ctx: Context, req: Greeting) -> dict[str, object]:
+    loud = await ctx.step("shout", shout, f"hello {req.name}")
+    repeated = await ctx.step("repeat", repeat, loud, req.times)
+    counted = await ctx.step("count", count_chars, repeated)
+    return {"text": repeated, **counted}
+
+
+
+
+def flaky(fail_times: int) -> str:
+    """Fails ``fail_times`` times per idempotency key, then succeeds (attempt numbers come from the step)."""
+    info = current_step()
+    if info.attempt <= fail_times:
+        raise ConnectionError(f"attempt {info.attempt} failed")
+    return f"ok after {info.attempt}"
+
+
+def declined(amount: int) -> str:
+    raise TerminalError(f"card declined for {amount}")
+
+
+def refund(amount: int) -> str:
+    return f"refunded {amount}"
+
+
+def explode() -> None:
+    raise RuntimeError("boom")
+
+
+failures = Workflow("failures", retry=RetryPolicy(max_attempts=4, initial_interval=timedelta(0)))
+
+
+@failures.main
+async def run_failures(ctx: Context, mode: str) -> str:
+    if mode == "retry":
+        return await ctx.step("flaky", flaky, 2)
+    if mode == "compensate":
+        try:
+            await ctx.step("charge", declined, 100)
+        except TerminalError as exc:
+            refunded = await ctx.step("refund", refund, 100)
+            return f"{refunded} because {exc.message}"
+        return "charged"
+    if mode == "exhaust":
+        return await ctx.step("flaky", flaky, 10)
+    if mode == "uncaught":
+        raise ValueError("the workflow itself failed")
+    await ctx.step("explode", explode)
+    return "unreachable"
+
+
+def journal_step(label: str) -> str:
+    """Appends its idempotency key and attempt to $STEADY_TEST_JOURNAL, then sleeps a little."""
+    info = current_step()
+    path = Path(os.environ["STEADY_TEST_JOURNAL"])
+    with path.open("a") as f:
+        f.write(f"{info.idempotency_key} {info.attempt}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    time.sleep(float(os.environ.get("STEADY_TEST_STEP_SLEEP", "0.05")))
+    return label
+
+
+journaled = Workflow("journaled")
+
+
+@journaled.main
+async def run_journaled(ctx: Context, n: int) -> list[str]:
+    first = await ctx.step("one", journal_step, f"{n}-1")
+    second, third = await asyncio.gather(
+        ctx.step("two", journal_step, f"{n}-2"), ctx.step("three", journal_step, f"{n}-3")
+    )
+    fourth = await ctx.step("four", journal_step, f"{n}-4")
+    return [first, second, third, fourth]
+
+
+app = Registry([chain, failures, journaled])
