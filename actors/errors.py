@@ -59,7 +59,7 @@ class TerminalError(SteadyError):
         self.error_type = error_type or type(self).__name__
 
 
-class StepFailed(TerminalError):  # noqa: N818 - the name says what happened, as the API documents
+class StepFailed(TerminalError):
     """A step failed for good: its attempts ran out, or it raised a non-retryable error.
 
     Attributes:
@@ -105,14 +105,16 @@ class RunFailed(SteadyError):
         self.error = error
 
 
-class Suspend(BaseException):  # noqa: N818 - a control-flow signal, not an error
+class Suspend(BaseException):
     """Internal: the workflow awaits something the journal does not answer yet."""
 
 
 def error_info(exc: BaseException, *, with_traceback: bool = True) -> ErrorInfo:
     """Describe an exception as it is recorded: type, message, whether a retry may help, traceback."""
     cls = type(exc)
-    name = cls.__qualname__ if cls.__module__ in ("builtins", "actors.errors") else f"{cls.__module__}.{cls.__qualname__}"
+    name = (
+        cls.__qualname__ if cls.__module__ in ("builtins", "actors.errors") else f"{cls.__module__}.{cls.__qualname__}"
+    )
     if isinstance(exc, TerminalError):
         name = exc.error_type
     details = "".join(traceback.format_exception(exc)) if with_traceback else ""

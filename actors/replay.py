@@ -28,50 +28,64 @@ from actors.workflow import Workflow
 
 
 class ReplayLoop(asyncio.AbstractEventLoop):
-    """A deterministic event loop that runs ready callbacks until none is left."""
+    """A deterministic event loop that runs ready callbacks until none is left.
+
+    It implements what ``asyncio.Future``, ``Task``, ``gather`` and ``wait`` use; the I/O, subprocess and
+    signal methods of a real loop stay abstract (and raise) because workflow code must not use them.
+    """
 
     def __init__(self, now: float) -> None:
         self._ready: deque[asyncio.Handle] = deque()
         self._now = now
 
-    def call_soon(
+    def call_soon(  # type: ignore[override]  # typeshed's TypeVarTuple form; the behaviour is the same
         self, callback: Callable[..., object], *args: Any, context: ContextVars | None = None
     ) -> asyncio.Handle:
+        """Queue ``callback`` to run in this round."""
         handle = asyncio.Handle(callback, args, self, context)
         self._ready.append(handle)
         return handle
 
-    def call_later(self, delay: float, callback: Callable[..., object], *args: Any, **kwargs: Any) -> Any:
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Refused: a timer in memory does not survive a restart."""
         raise WorkflowDefinitionError(
             "asyncio timers do not survive a restart: use ctx.sleep(...) instead of asyncio.sleep/wait_for"
         )
 
-    def call_at(self, when: float, callback: Callable[..., object], *args: Any, **kwargs: Any) -> Any:
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Refused, like :meth:`call_later`."""
         return self.call_later(0, callback)
 
     def time(self) -> float:
+        """The activation's time (seconds since the epoch)."""
         return self._now
 
     def create_future(self) -> asyncio.Future[Any]:
+        """A future of this loop."""
         return asyncio.Future(loop=self)
 
     def create_task(self, coro: Any, *, name: str | None = None, context: ContextVars | None = None) -> Any:
+        """A task of this loop."""
         return asyncio.Task(coro, loop=self, name=name, context=context)
 
     def get_debug(self) -> bool:
+        """Never in debug mode."""
         return False
 
     def is_running(self) -> bool:
+        """Always running while the workflow runs."""
         return True
 
     def is_closed(self) -> bool:
+        """Never closed while the workflow runs."""
         return False
 
     def call_exception_handler(self, context: dict[str, Any]) -> None:
-        # Pending tasks and unretrieved errors of a suspended workflow are expected; nothing to report.
+        """Ignore: a suspended workflow's pending tasks are expected."""
         return
 
     def default_exception_handler(self, context: dict[str, Any]) -> None:
+        """Ignore, like call_exception_handler."""
         return
 
     def run_ready(self) -> None:
@@ -79,17 +93,17 @@ class ReplayLoop(asyncio.AbstractEventLoop):
         while self._ready:
             handle = self._ready.popleft()
             if not handle.cancelled():
-                handle._run()  # noqa: SLF001 - the documented way a loop runs a Handle
+                handle._run()  # the way asyncio's own loops run a Handle
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
         """Make this loop the running loop of the thread for the duration (asyncio.gather needs one)."""
-        previous = asyncio.events._get_running_loop()  # noqa: SLF001
-        asyncio.events._set_running_loop(self)  # noqa: SLF001
+        previous = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(self)
         try:
             yield
         finally:
-            asyncio.events._set_running_loop(previous)  # noqa: SLF001
+            asyncio.events._set_running_loop(previous)
 
     def close_tasks(self) -> None:
         """Close the coroutines of a suspended workflow so that nothing of it stays in memory."""
@@ -108,7 +122,7 @@ def activate(state: RunState, workflow: Workflow, now_ms: int) -> list[EventBody
     Returns new ``StepScheduled``/``ValueRecorded`` events while it suspends, and a ``WorkflowCompleted`` or
     ``WorkflowFailed`` once it ends. A divergence from the journal returns only ``WorkflowStuck``.
     """
-    loop = ReplayLoop(now_ms / 1000)
+    loop = ReplayLoop(now_ms / 1000)  # type: ignore[abstract]  # see the class docstring
     ctx = Context(state, loop, now_ms, workflow.retry, workflow.step_timeout)
     try:
         args: tuple[Any, ...] = (payload.decode(state.input, workflow.input_type),) if workflow.takes_input else ()
@@ -129,15 +143,22 @@ def activate(state: RunState, workflow: Workflow, now_ms: int) -> list[EventBody
     if ctx.divergence is not None:
         loop.close_tasks()
         return [WorkflowStuck(str(ctx.divergence))]
+    if ctx.calls < len(state.journal):
+        # Every journaled call must be made again: fewer means a step was removed or skipped.
+        loop.close_tasks()
+        return [
+            WorkflowStuck(
+                f"workflow {workflow.name!r} v{workflow.version} diverged from its journal: replay made "
+                f"{ctx.calls} calls but the journal holds {len(state.journal)}"
+            )
+        ]
     if not task.done():
         loop.close_tasks()
         return ctx.new_events
-    if ctx.calls < len(state.journal):
-        return [WorkflowStuck(f"workflow ended after {ctx.calls} calls but its journal holds {len(state.journal)}")]
-    exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
-    if exc is None:
-        try:
-            return [*ctx.new_events, WorkflowCompleted(payload.encode(task.result()))]
-        except (TypeError, ValueError) as err:
-            return [WorkflowFailed(ErrorInfo("InvalidResult", f"the result cannot be encoded as JSON: {err}", False))]
-    return [*ctx.new_events, WorkflowFailed(error_info(exc))]
+    raised = task.exception() if not task.cancelled() else asyncio.CancelledError()
+    if raised is not None:
+        return [*ctx.new_events, WorkflowFailed(error_info(raised))]
+    try:
+        return [*ctx.new_events, WorkflowCompleted(payload.encode(task.result()))]
+    except (TypeError, ValueError) as err:
+        return [WorkflowFailed(ErrorInfo("InvalidResult", f"the result cannot be encoded as JSON: {err}", False))]

@@ -61,8 +61,10 @@ class Codec:
     """Encodes and decodes the records of one schema file (``schemas/<name>.avsc``)."""
 
     def __init__(self, name: str) -> None:
-        self.schema = load_schema(str(SCHEMA_DIR / f"{name}.avsc"), _write_hint=False)
-        self.full_name: str = self.schema["name"]
+        schema = load_schema(str(SCHEMA_DIR / f"{name}.avsc"), _write_hint=False)
+        assert isinstance(schema, dict)
+        self.schema: dict[str, Any] = schema
+        self.full_name: str = schema["name"]
         canonical = to_parsing_canonical_form(self.schema)
         self.fingerprint = struct.pack("<Q", fingerprint64(canonical.encode()))
         self.prefix = _MARKER + self.fingerprint
@@ -89,7 +91,7 @@ class Codec:
                 return_record_name=True,
                 return_record_name_override=True,
             )
-        except Exception as exc:  # noqa: BLE001 - fastavro raises many kinds of errors on bad bytes
+        except Exception as exc:  # fastavro raises many kinds of errors on bad bytes
             raise CodecError(f"bad {self.full_name} body: {type(exc).__name__}: {exc}") from exc
         if not isinstance(record, dict):
             raise CodecError(f"bad {self.full_name} body")
@@ -116,9 +118,13 @@ def to_avro(value: Any) -> Any:
     return value
 
 
-@cache
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def _union_args(tp: Any) -> tuple[Any, ...] | None:

@@ -100,6 +100,7 @@ async def _serve(worker: Worker) -> None:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    logging.getLogger("streams").setLevel(logging.INFO)
     registry = load_app(args.app)
     settings = _settings(args, worker_id=args.worker_id, state_dir=args.state_dir)
     names = ", ".join(f"{w.name} v{w.version}" for w in registry)
@@ -162,7 +163,8 @@ async def _demo(bootstrap: str, settings: Settings, runs: int, serve: bool) -> N
         batch = uuid.uuid4().hex[:6]
         handles = [
             await client.start(
-                orders, OrderRequest(order_id=f"{batch}-{i}", sku="book", quantity=1 + i % 3, amount_cents=1299 + i),
+                orders,
+                OrderRequest(order_id=f"{batch}-{i}", sku="book", quantity=1 + i % 3, amount_cents=1299 + i),
                 id=f"order-{batch}-{i}",
             )
             for i in range(runs)
@@ -173,9 +175,12 @@ async def _demo(bootstrap: str, settings: Settings, runs: int, serve: bool) -> N
         print(f"\ntimeline of {handles[0].key}:")
         print(format_timeline(await handles[0].history()))
     if serve:
-        print("\nworker running; start more runs with:\n"
-              f"  steady start order --input '{{\"order_id\": \"x1\", \"sku\": \"pen\", \"amount_cents\": 250}}'"
-              " --wait 30\nCtrl-C stops the worker and the broker.", flush=True)
+        print(
+            "\nworker running; start more runs with:\n"
+            '  steady start order --input \'{"order_id": "x1", "sku": "pen", "amount_cents": 250}\''
+            " --wait 30\nCtrl-C stops the worker and the broker.",
+            flush=True,
+        )
         await serving
     else:
         worker.stop()

@@ -130,9 +130,9 @@ class Client:
     async def start(
         self,
         workflow: Workflow | str,
-        input: Any = None,  # noqa: A002 - the name users expect
+        input: Any = None,
         *,
-        id: str | None = None,  # noqa: A002
+        id: str | None = None,
         tenant: str | None = None,
         version: str = "",
     ) -> RunHandle:
@@ -173,7 +173,7 @@ class Client:
             headers=COMMAND.headers,
         )
 
-    def handle(self, id: str, *, tenant: str | None = None, workflow: Workflow | None = None) -> RunHandle:  # noqa: A002
+    def handle(self, id: str, *, tenant: str | None = None, workflow: Workflow | None = None) -> RunHandle:
         """A handle on an existing run."""
         return RunHandle(self, tenant or self.tenant, id, workflow)
 
@@ -210,7 +210,7 @@ class Client:
             tps = [TopicPartition(self.topics.completions, p) for p in range(self._partitions)]
             consumer.assign(tps)
             # Terminal records of runs this client starts come after it was created; earlier ones are scanned.
-            since = await consumer.offsets_for_times({tp: self._created_ms - 5_000 for tp in tps})
+            since = await consumer.offsets_for_times(dict.fromkeys(tps, self._created_ms - 5000))
             ends = await consumer.end_offsets(tps)
             for tp in tps:
                 found = since.get(tp)
@@ -258,13 +258,13 @@ class Client:
 
     # -- reading state and history ---------------------------------------------------------------------------
 
-    async def status(self, id: str, *, tenant: str | None = None) -> RunState | None:  # noqa: A002
+    async def status(self, id: str, *, tenant: str | None = None) -> RunState | None:
         """The latest state snapshot of run ``id`` (read from the compacted state changelog)."""
         await self._connect()
         values = await self._scan(self.topics.state, run_key(tenant or self.tenant, id), since_ms=None)
         return STATE.decode(values[-1]) if values else None
 
-    async def history(self, id: str, *, tenant: str | None = None) -> list[Event]:  # noqa: A002
+    async def history(self, id: str, *, tenant: str | None = None) -> list[Event]:
         """Every history event of run ``id``, in order."""
         await self._connect()
         key = run_key(tenant or self.tenant, id)

@@ -8,29 +8,27 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-_ENV = {
-    "bootstrap": "STEADY_KAFKA_BOOTSTRAP",
-    "prefix": "STEADY_TOPIC_PREFIX",
-    "partitions": "STEADY_PARTITIONS",
-    "state_dir": "STEADY_STATE_DIR",
-    "worker_id": "STEADY_WORKER_ID",
-    "step_concurrency": "STEADY_STEP_CONCURRENCY",
-}
+_ENV_NAMES = {"bootstrap": "STEADY_KAFKA_BOOTSTRAP", "prefix": "STEADY_TOPIC_PREFIX"}
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a setting: ``STEADY_<FIELD>`` (bootstrap: ``STEADY_KAFKA_BOOTSTRAP``)."""
+    return _ENV_NAMES.get(field, f"STEADY_{field.upper()}")
 
 
 class Settings(BaseModel):
-    """How a worker or client reaches Kafka and names its topics.
+    """How a worker or client reaches Kafka, names its topics and runs.
 
-    Every field can be set with the environment variable named in its description.
+    Every field can be set with an environment variable ``STEADY_<FIELD>`` (see :func:`env_name`).
     """
 
-    bootstrap: str = Field("127.0.0.1:9092", description="STEADY_KAFKA_BOOTSTRAP: host:port[,host:port]")
-    prefix: str = Field("steady.", description="STEADY_TOPIC_PREFIX: prefix of every topic name")
-    partitions: int = Field(8, ge=1, description="STEADY_PARTITIONS: partitions of topics Steady creates")
+    bootstrap: str = Field("127.0.0.1:9092", description="host:port[,host:port]")
+    prefix: str = Field("steady.", description="prefix of every topic name")
+    partitions: int = Field(8, ge=1, description="partitions of topics Steady creates")
     replication: int = Field(1, ge=1, description="replication factor of topics Steady creates")
-    state_dir: Path = Field(Path(".steady/state"), description="STEADY_STATE_DIR: local RocksDB state")
-    worker_id: str = Field(default_factory=socket.gethostname, description="STEADY_WORKER_ID: stable per worker")
-    step_concurrency: int = Field(64, ge=1, description="STEADY_STEP_CONCURRENCY: steps run at once")
+    state_dir: Path = Field(Path(".steady/state"), description="local RocksDB state")
+    worker_id: str = Field(default_factory=socket.gethostname, description="stable per worker")
+    step_concurrency: int = Field(64, ge=1, description="steps run at once")
     step_threads: int = Field(16, ge=1, description="threads for sync steps")
     max_batch: int = Field(500, ge=1, description="inbox records per transaction at most")
     session_timeout_ms: int = Field(10_000, description="consumer group session timeout")
@@ -40,7 +38,9 @@ class Settings(BaseModel):
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         """Settings from ``STEADY_*`` variables, then ``overrides`` (``None`` values are ignored)."""
-        values: dict[str, object] = {k: os.environ[v] for k, v in _ENV.items() if os.environ.get(v)}
+        values: dict[str, object] = {
+            name: os.environ[env_name(name)] for name in cls.model_fields if os.environ.get(env_name(name))
+        }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)
 

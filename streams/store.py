@@ -70,7 +70,7 @@ class RunStore:
         start = _state_key(partition, "")
         out = []
         for raw in self._db.keys(from_key=start):
-            k = bytes(raw)
+            k = bytes(raw)  # type: ignore[arg-type]  # raw mode: keys are bytes
             if not k.startswith(start):
                 break
             out.append(k[len(start) :].decode())

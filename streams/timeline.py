@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from actors import payload
@@ -68,7 +69,7 @@ def timeline(events: list[Event]) -> list[tuple[str, str, str, str, str, str]]:
     return rows
 
 
-def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+def format_table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...]) -> str:
     """A plain-text table."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]

@@ -1,8 +1,12 @@
-"""Steady's topics and their creation. All share one partition count, so that a run's records on every topic
-land on the same partition number and one worker owns them together."""
+"""Steady's topics and their creation.
+
+All share one partition count, so that a run's records on every topic land on the same partition number and
+one worker owns them together.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -64,10 +68,8 @@ async def ensure_topics(settings: Settings) -> Topics:
             if name not in existing
         ]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker or client was quicker
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another worker or client created them at the same time
             logger.info("created topics %s", ", ".join(t.name for t in missing))
         described = await admin.describe_topics([topics.inbox, topics.state, topics.tasks])
         counts = {d["topic"]: len(d["partitions"]) for d in described}

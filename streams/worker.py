@@ -27,7 +27,7 @@ from aiokafka.structs import ConsumerRecord
 
 from actors.actor import Actor
 from actors.commands import Command
-from actors.events import StepScheduled, WorkflowCompleted, WorkflowFailed
+from actors.events import Event, StepScheduled, WorkflowCompleted, WorkflowFailed
 from actors.model import EntryKind, EntryState, RunState, RunStatus
 from actors.workflow import Registry
 from schemas.codec import CodecError
@@ -160,9 +160,8 @@ class Worker:
             batch = await self._consumer.getmany(timeout_ms=200, max_records=self.settings.max_batch)
             self._flow_control()
             idle_commit = time.monotonic() - last_commit > 1.0
-            if batch or idle_commit:
-                if await self._process(batch, commit_idle=idle_commit):
-                    last_commit = time.monotonic()
+            if (batch or idle_commit) and await self._process(batch, commit_idle=idle_commit):
+                last_commit = time.monotonic()
 
     def stop(self) -> None:
         """Ask the worker to finish its current batch and leave the group."""
@@ -239,7 +238,8 @@ class Worker:
         return restored
 
     def _flow_control(self) -> None:
-        assert self._consumer is not None and self._executor is not None
+        assert self._consumer is not None
+        assert self._executor is not None
         task_tps = [tp for tp in self._consumer.assignment() if tp.topic == self.topics.tasks]
         if self._executor.in_flight >= 4 * self.settings.step_concurrency:
             self._consumer.pause(*task_tps)
@@ -332,7 +332,9 @@ class Worker:
             states[command.key] = (partition, outcome.state)
         self._emit(command, outcome.state, outcome.events, partition, outputs)
 
-    def _emit(self, command: Command, state: RunState | None, events: list, partition: int, outputs: list[_Out]) -> None:  # type: ignore[type-arg]
+    def _emit(
+        self, command: Command, state: RunState | None, events: list[Event], partition: int, outputs: list[_Out]
+    ) -> None:
         key = command.key.encode()
         for event in events:
             outputs.append(_Out(self.topics.history, partition, key, EVENT.encode(event), EVENT.headers))
@@ -365,13 +367,15 @@ class Worker:
                     started_at_ms=state.started_at_ms,
                     at_ms=event.at_ms,
                 )
-                outputs.append(_Out(self.topics.completions, partition, key, COMPLETION.encode(done), COMPLETION.headers))
+                outputs.append(
+                    _Out(self.topics.completions, partition, key, COMPLETION.encode(done), COMPLETION.headers)
+                )
 
     def _dead_letter(self, record: ConsumerRecord, reason: str) -> _Out:
-        logger.warning(
-            "dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+        logger.warning("dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
+        letter = DeadLetter(
+            record.topic, record.partition, record.offset, record.key, record.value, reason, self.clock()
         )
-        letter = DeadLetter(record.topic, record.partition, record.offset, record.key, record.value, reason, self.clock())
         partition = self.partition_of(record.key) if record.key is not None else record.partition % self._partitions
         return _Out(self.topics.dead_letter, partition, record.key, DEAD_LETTER.encode(letter), DEAD_LETTER.headers)
 
@@ -382,7 +386,8 @@ class Worker:
         offsets: dict[TopicPartition, int],
         batch: dict[TopicPartition, list[ConsumerRecord]],
     ) -> None:
-        assert self._producer is not None and self._consumer is not None
+        assert self._producer is not None
+        assert self._consumer is not None
         encoded = {key: (partition, STATE.encode(state)) for key, (partition, state) in states.items()}
         producer = self._producer
         await producer.begin_transaction()

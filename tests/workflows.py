@@ -41,8 +41,6 @@ async def run_chain(ctx: Context, req: Greeting) -> dict[str, object]:
     return {"text": repeated, **counted}
 
 
-
-
 def flaky(fail_times: int) -> str:
     """Fails ``fail_times`` times per idempotency key, then succeeds (attempt numbers come from the step)."""
     info = current_step()

@@ -54,9 +54,7 @@ async def test_three_step_workflow_returns_result_and_full_history(
 
 
 async def test_two_hundred_concurrent_runs_all_complete(worker: Worker, client: Client) -> None:
-    handles = await asyncio.gather(
-        *(client.start(chain, Greeting(name=f"n{i}"), id=f"many-{i}") for i in range(200))
-    )
+    handles = await asyncio.gather(*(client.start(chain, Greeting(name=f"n{i}"), id=f"many-{i}") for i in range(200)))
 
     results = await asyncio.gather(*(h.result(timeout=120) for h in handles))
 
