@@ -9,21 +9,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import assert_never
 
-from actors.commands import Command, CompleteStep, FailStep, StartWorkflow
+from actors import payload
+from actors.commands import Command, CompleteStep, FailStep, FireTimer, StartWorkflow
+from actors.errors import ErrorInfo
 from actors.events import (
     Event,
     EventBody,
+    SleepStarted,
     StepAttemptFailed,
     StepCompleted,
     StepResultDropped,
     StepScheduled,
+    TimerCancelled,
+    TimerFired,
+    TimerScheduled,
     ValueRecorded,
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowStarted,
     WorkflowStuck,
 )
-from actors.model import EntryKind, EntryState, JournalEntry, RunState, RunStatus
+from actors.model import EntryKind, EntryState, JournalEntry, RunState, RunStatus, Timer, TimerPurpose
 from actors.replay import activate
 from actors.workflow import Registry
 
@@ -62,6 +68,55 @@ def _check_result(state: RunState, seq: int, attempt: int) -> tuple[JournalEntry
     return entry, ""
 
 
+def _failure(
+    entry: JournalEntry, attempt: int, error: ErrorInfo, started: int, at_ms: int, *, retry_after: int = 0
+) -> Decision:
+    """What a failed attempt means: a retry now, a retry after a backoff timer, or the step's final failure."""
+    assert entry.options is not None
+    assert entry.args is not None
+    failed = StepAttemptFailed(entry.seq, entry.name, attempt, error, started, final=False)
+    delay = entry.options.retry_delay_ms(attempt, error, retry_after)
+    if delay is None:
+        return Decision([replace(failed, final=True)], activate=True)
+    if delay == 0:
+        retry = StepScheduled(
+            entry.seq, entry.name, entry.occurrence, attempt + 1, entry.function, entry.args, entry.options
+        )
+        return Decision([failed, retry])
+    return Decision([failed, TimerScheduled(Timer.of(TimerPurpose.RETRY, entry.seq, attempt + 1, at_ms + delay))])
+
+
+def _fire(state: RunState, timer: Timer, at_ms: int) -> Decision:
+    fired = TimerFired(timer, late_ms=max(0, at_ms - timer.due_ms))
+    match timer.purpose:
+        case TimerPurpose.SLEEP:
+            return Decision([fired], activate=True)
+        case TimerPurpose.RETRY:
+            entry = state.journal[timer.seq]
+            assert entry.options is not None
+            assert entry.args is not None
+            retry = StepScheduled(
+                entry.seq, entry.name, entry.occurrence, timer.attempt, entry.function, entry.args, entry.options
+            )
+            return Decision([fired, retry])
+        case TimerPurpose.STEP_TIMEOUT:
+            late, _ = _check_result(state, timer.seq, timer.attempt)
+            if late is None or late.options is None:
+                return Decision([fired])
+            error = ErrorInfo(
+                "StepTimeout",
+                f"attempt {timer.attempt} of step {late.name!r} did not report within {late.options.timeout_ms} ms",
+            )
+            then = _failure(late, timer.attempt, error, late.scheduled_at_ms, at_ms)
+            return Decision([fired, *then.events], activate=then.activate)
+        case TimerPurpose.WORKFLOW_TIMEOUT:
+            limit = timer.due_ms - state.started_at_ms
+            error = ErrorInfo("WorkflowTimeout", f"the run did not finish within {limit} ms", retryable=False)
+            return Decision([fired, WorkflowFailed(error)])
+        case _:
+            assert_never(timer.purpose)
+
+
 def decide(state: RunState | None, command: Command) -> Decision:
     """What ``command`` means for the run in ``state`` (``None``: no such run yet)."""
     body = command.body
@@ -82,19 +137,29 @@ def decide(state: RunState | None, command: Command) -> Decision:
             entry, reason = _check_result(state, seq, attempt)
             if entry is None:
                 return Decision([StepResultDropped(seq, attempt, reason)])
-            assert entry.options is not None
-            assert entry.args is not None
-            delay = entry.options.retry_delay_ms(attempt, error, retry_after)
-            if delay is None:
-                return Decision(
-                    [StepAttemptFailed(seq, entry.name, attempt, error, started, final=True)], activate=True
-                )
-            retry = StepScheduled(
-                seq, entry.name, entry.occurrence, attempt + 1, entry.function, entry.args, entry.options
-            )
-            return Decision([StepAttemptFailed(seq, entry.name, attempt, error, started, final=False), retry])
+            return _failure(entry, attempt, error, started, command.at_ms, retry_after=retry_after)
+        case FireTimer(timer_id=timer_id):
+            timer = state.timer(timer_id)
+            if timer is None or state.status.finished:
+                return Decision()  # its purpose is gone (the step reported, the run ended): nothing changes
+            return _fire(state, timer, command.at_ms)
         case _:
             assert_never(body)
+
+
+def follow_ups(state: RunState, body: EventBody, at_ms: int) -> list[EventBody]:
+    """Events that follow from ``body`` by rule: a step attempt's timeout timer, cancelling stale timers."""
+    match body:
+        case StepScheduled(options=options) if options.timeout_ms > 0:
+            timer = Timer.of(TimerPurpose.STEP_TIMEOUT, body.seq, body.attempt, at_ms + options.timeout_ms)
+            return [TimerScheduled(timer)]
+        case StepCompleted() | StepAttemptFailed():
+            stale = Timer.of(TimerPurpose.STEP_TIMEOUT, body.seq, body.attempt, 0).id
+            return [TimerCancelled(stale)] if state.timer(stale) is not None else []
+        case WorkflowCompleted() | WorkflowFailed():
+            return [TimerCancelled(t.id) for t in state.timers]
+        case _:
+            return []
 
 
 def _set_entry(state: RunState, entry: JournalEntry) -> tuple[JournalEntry, ...]:
@@ -151,6 +216,8 @@ def evolve(state: RunState | None, event: Event) -> RunState:
         case StepAttemptFailed():
             entry = replace(state.journal[body.seq], error=body.error)
             if not body.final:
+                # The next attempt is now the current one, even while it waits for its backoff timer.
+                entry = replace(entry, attempt=body.attempt + 1)
                 return replace(state, journal=_set_entry(state, entry))
             resolution = state.resolutions + 1
             entry = replace(entry, state=EntryState.FAILED, finished_at_ms=event.at_ms, resolution=resolution)
@@ -168,6 +235,32 @@ def evolve(state: RunState | None, event: Event) -> RunState:
             return replace(state, status=RunStatus.FAILED, error=body.error)
         case WorkflowStuck():
             return replace(state, status=RunStatus.STUCK, reason=body.reason)
+        case SleepStarted():
+            entry = JournalEntry(
+                seq=body.seq,
+                kind=EntryKind.SLEEP,
+                name=body.name,
+                state=EntryState.SCHEDULED,
+                args=payload.encode(body.until_ms),
+                scheduled_at_ms=event.at_ms,
+            )
+            return replace(state, journal=_set_entry(state, entry))
+        case TimerScheduled():
+            return replace(state, timers=(*state.timers, body.timer))
+        case TimerCancelled():
+            return replace(state, timers=tuple(t for t in state.timers if t.id != body.timer_id))
+        case TimerFired():
+            state = replace(state, timers=tuple(t for t in state.timers if t.id != body.timer.id))
+            if body.timer.purpose is not TimerPurpose.SLEEP:
+                return state
+            resolution = state.resolutions + 1
+            woke = replace(
+                state.journal[body.timer.seq],
+                state=EntryState.COMPLETED,
+                finished_at_ms=event.at_ms,
+                resolution=resolution,
+            )
+            return replace(state, journal=_set_entry(state, woke), resolutions=resolution)
         case _:
             assert_never(body)
 
@@ -203,17 +296,21 @@ class Actor:
     def handle(self, state: RunState | None, command: Command) -> Outcome:
         """Apply ``command`` to the run in ``state``; run the workflow code when a result it awaits arrived."""
         body = command.body
+        start_timers: list[EventBody] = []
         if state is None and isinstance(body, StartWorkflow):
-            workflow = self.registry.get(body.workflow_type, body.version)
-            if workflow is None:
+            started = self.registry.get(body.workflow_type, body.version)
+            if started is None:
                 wanted = f"{body.workflow_type!r}" + (f" version {body.version!r}" if body.version else "")
                 return Outcome(None, [], rejected=f"unknown workflow type {wanted}")
-            command = replace(command, body=replace(body, version=workflow.version))
+            command = replace(command, body=replace(body, version=started.version))
+            if started.timeout is not None:
+                due = command.at_ms + int(started.timeout.total_seconds() * 1000)
+                start_timers.append(TimerScheduled(Timer.of(TimerPurpose.WORKFLOW_TIMEOUT, -1, 0, due)))
         decision = decide(state, command)
         if decision.rejected:
             return Outcome(state, [], rejected=decision.rejected)
         events: list[Event] = []
-        state = self._append(state, command, decision.events, events)
+        state = self._append(state, command, [*decision.events, *start_timers], events)
         if decision.activate and state is not None and state.status is RunStatus.RUNNING:
             workflow = self.registry.get(state.workflow_type, state.version)
             if workflow is None:
@@ -226,9 +323,14 @@ class Actor:
 
     @staticmethod
     def _append(state: RunState | None, command: Command, bodies: list[EventBody], out: list[Event]) -> RunState | None:
-        for body in bodies:
+        queue = list(bodies)
+        while queue:
+            body = queue.pop(0)
             seq = state.history_len if state is not None else 0
             event = Event(command.tenant, command.workflow_id, seq, command.at_ms, body)
+            before = state
             state = evolve(state, event)
             out.append(event)
+            if before is not None:
+                queue[0:0] = follow_ups(before, body, command.at_ms)
         return state

@@ -46,7 +46,15 @@ class FailStep:
     retry_after_ms: int = 0
 
 
-CommandBody = StartWorkflow | CompleteStep | FailStep
+@dataclass(frozen=True, slots=True)
+class FireTimer:
+    """The timer service says timer ``timer_id`` of the run is due (sent once or more; the first counts)."""
+
+    timer_id: str
+    due_ms: int
+
+
+CommandBody = StartWorkflow | CompleteStep | FailStep | FireTimer
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 
 from actors import payload
 from actors.errors import NonDeterminismError, StepFailed, Suspend, WorkflowDefinitionError
-from actors.events import EventBody, StepScheduled, ValueRecorded
-from actors.model import EntryKind, EntryState, JournalEntry, RunState
+from actors.events import EventBody, SleepStarted, StepScheduled, TimerScheduled, ValueRecorded
+from actors.model import EntryKind, EntryState, JournalEntry, RunState, Timer, TimerPurpose
 from actors.policy import RetryPolicy
 
 T = TypeVar("T")
@@ -217,6 +217,35 @@ class Context:
             self._resolve(entry)
         return future
 
+    def sleep(self, name: str, duration: timedelta) -> asyncio.Future[None]:
+        """Sleep durably for ``duration`` (milliseconds to years).
+
+        While it sleeps, the run holds no memory, task or coroutine in any worker: it is a row on disk and a timer.
+
+        Args:
+            name: the sleep's name in the journal and history.
+            duration: how long; measured from the moment the workflow first reached this call.
+        """
+        return self._sleep(name, lambda: self._now_ms + int(duration / timedelta(milliseconds=1)))
+
+    def sleep_until(self, name: str, until: datetime) -> asyncio.Future[None]:
+        """Sleep durably until ``until`` (an aware datetime; a time in the past wakes at once)."""
+        if until.tzinfo is None:
+            raise WorkflowDefinitionError("sleep_until needs an aware datetime (with tzinfo), e.g. UTC")
+        return self._sleep(name, lambda: int(until.timestamp() * 1000))
+
+    def _sleep(self, name: str, due: Callable[[], int]) -> asyncio.Future[None]:
+        seq, entry, _ = self._call(EntryKind.SLEEP, name)
+        future: asyncio.Future[None] = self._loop.create_future()
+        if entry is None:
+            until = due()
+            self.new_events.append(SleepStarted(seq, name, until))
+            self.new_events.append(TimerScheduled(Timer.of(TimerPurpose.SLEEP, seq, 1, until)))
+        self._pending[seq] = future
+        if entry is not None and entry.resolution and entry.resolution <= self._round:
+            self._resolve(entry)
+        return future
+
     def now(self) -> datetime:
         """The current time in UTC, recorded on first execution so that replay sees the same value."""
         seq, entry, _ = self._call(EntryKind.VALUE, "now")
@@ -275,7 +304,9 @@ class Context:
         future = self._pending.pop(entry.seq, None)
         if future is None or future.done():
             return
-        if entry.state is EntryState.COMPLETED and entry.result is not None:
+        if entry.kind is EntryKind.SLEEP and entry.state is EntryState.COMPLETED:
+            future.set_result(None)
+        elif entry.state is EntryState.COMPLETED and entry.result is not None:
             try:
                 future.set_result(payload.decode(entry.result, self._return_types.get(entry.seq, Any)))
             except ValueError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from actors.errors import ErrorInfo
-from actors.model import run_key
+from actors.model import Timer, run_key
 from actors.payload import Payload
 from actors.policy import StepOptions
 
@@ -99,6 +99,37 @@ class WorkflowStuck:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class SleepStarted:
+    """The workflow started the durable sleep ``name`` at call ``seq``, until ``until_ms``."""
+
+    seq: int
+    name: str
+    until_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimerScheduled:
+    """A timer was set (a sleep, a retry backoff, a step or workflow timeout)."""
+
+    timer: Timer
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """Timer ``timer`` fired ``late_ms`` after it was due; what it meant follows in the next events."""
+
+    timer: Timer
+    late_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimerCancelled:
+    """Timer ``timer_id`` is no longer needed (its step reported, its run ended)."""
+
+    timer_id: str
+
+
 EventBody = (
     WorkflowStarted
     | StepScheduled
@@ -109,6 +140,10 @@ EventBody = (
     | WorkflowCompleted
     | WorkflowFailed
     | WorkflowStuck
+    | SleepStarted
+    | TimerScheduled
+    | TimerFired
+    | TimerCancelled
 )
 
 

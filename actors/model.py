@@ -39,6 +39,45 @@ class EntryKind(StrEnum):
     STEP = "step"
     VALUE = "value"
     """A value the workflow read from the outside world (``ctx.now()``), recorded so replay sees it again."""
+    SLEEP = "sleep"
+    """A durable sleep (``ctx.sleep``/``ctx.sleep_until``); ``args`` holds the wake-up time in epoch ms."""
+
+
+class TimerPurpose(StrEnum):
+    """Why a timer was set."""
+
+    SLEEP = "sleep"
+    """Wake a sleeping workflow."""
+    RETRY = "retry"
+    """Schedule the next attempt of a failed step after its backoff."""
+    STEP_TIMEOUT = "step_timeout"
+    """Fail a step attempt that did not report in time."""
+    WORKFLOW_TIMEOUT = "workflow_timeout"
+    """Fail a run that did not finish in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """A pending timer of a run. ``id`` is unique within the run; a firing whose id is gone changes nothing.
+
+    Attributes:
+        id: ``purpose/seq/attempt``.
+        purpose: why it was set.
+        seq: the journal entry it is about (-1 for the workflow timeout).
+        attempt: the step attempt it is about (0 when none).
+        due_ms: when it fires, epoch milliseconds.
+    """
+
+    id: str
+    purpose: TimerPurpose
+    seq: int
+    attempt: int
+    due_ms: int
+
+    @classmethod
+    def of(cls, purpose: TimerPurpose, seq: int, attempt: int, due_ms: int) -> Timer:
+        """A timer with its canonical id."""
+        return cls(f"{purpose.value}/{seq}/{attempt}", purpose, seq, attempt, due_ms)
 
 
 class EntryState(StrEnum):
@@ -107,6 +146,7 @@ class RunState:
         reason: why a run is stuck.
         history_len: how many history events the run has (the next event's number).
         resolutions: how many results have arrived; each one activated the workflow once.
+        timers: the run's pending timers.
     """
 
     tenant: str
@@ -124,11 +164,20 @@ class RunState:
     reason: str = ""
     history_len: int = 0
     resolutions: int = 0
+    timers: tuple[Timer, ...] = ()
 
     @property
     def key(self) -> str:
         """``tenant/workflow_id``."""
         return run_key(self.tenant, self.workflow_id)
+
+    def timer(self, timer_id: str) -> Timer | None:
+        """The pending timer ``timer_id``, or ``None`` if it fired, was cancelled or never existed."""
+        return next((t for t in self.timers if t.id == timer_id), None)
+
+    def next_wake_up_ms(self) -> int | None:
+        """When the earliest pending timer fires."""
+        return min((t.due_ms for t in self.timers), default=None)
 
     def pending_steps(self) -> list[JournalEntry]:
         """Steps scheduled and not yet finished."""

@@ -28,7 +28,7 @@ from actors.errors import RunFailed, SteadyError
 from actors.events import Event
 from actors.model import DEFAULT_TENANT, RunState, run_key
 from actors.workflow import Workflow
-from streams.executor import wall_clock_ms
+from streams.clock import WallClock
 from streams.records import COMMAND, COMPLETION, EVENT, STATE, Completion
 from streams.settings import Settings
 from streams.topics import Topics, ensure_topics
@@ -87,7 +87,7 @@ class Client:
         self._producer: AIOKafkaProducer | None = None
         self._partitioner = DefaultPartitioner()
         self._partitions = 0
-        self._created_ms = wall_clock_ms()
+        self._created_ms = WallClock().now_ms()
         self._watch: asyncio.Task[None] | None = None
         self._done: dict[str, Completion] = {}
         self._recent: set[str] = set()
@@ -154,7 +154,7 @@ class Client:
             id=f"start/{tenant}/{workflow_id}",
             tenant=tenant,
             workflow_id=workflow_id,
-            at_ms=wall_clock_ms(),
+            at_ms=WallClock().now_ms(),
             body=StartWorkflow(name, payload.encode(input), version),
         )
         await self.send(command)

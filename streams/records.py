@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from actors.commands import Command
 from actors.errors import ErrorInfo
 from actors.events import Event
-from actors.model import RunState
+from actors.model import RunState, Timer
 from actors.payload import Payload
 from schemas.codec import Codec, codec, from_avro, to_avro
 
@@ -71,6 +71,31 @@ class DeadLetter:
     at_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class TimerRecord:
+    """A timer for the timer service (see ``schemas/timer.avsc``)."""
+
+    tenant: str
+    workflow_id: str
+    timer: Timer
+    at_ms: int
+
+    @property
+    def run_key(self) -> str:
+        """``tenant/workflow_id``."""
+        return f"{self.tenant}/{self.workflow_id}"
+
+    @property
+    def key(self) -> str:
+        """The record's key on the timers topic: ``tenant/workflow_id#timer_id``."""
+        return timer_key(self.run_key, self.timer.id)
+
+
+def timer_key(run_key: str, timer_id: str) -> str:
+    """The key of a run's timer on the timers topic."""
+    return f"{run_key}#{timer_id}"
+
+
 class RecordType:
     """Encodes and decodes one record type with its schema file."""
 
@@ -98,3 +123,4 @@ STATE = RecordType(RunState, "state")
 TASK = RecordType(StepTask, "task")
 COMPLETION = RecordType(Completion, "completion")
 DEAD_LETTER = RecordType(DeadLetter, "dead_letter")
+TIMER = RecordType(TimerRecord, "timer")

@@ -8,10 +8,14 @@ from datetime import UTC, datetime
 from actors import payload
 from actors.events import (
     Event,
+    SleepStarted,
     StepAttemptFailed,
     StepCompleted,
     StepResultDropped,
     StepScheduled,
+    TimerCancelled,
+    TimerFired,
+    TimerScheduled,
     ValueRecorded,
     WorkflowCompleted,
     WorkflowFailed,
@@ -65,6 +69,14 @@ def timeline(events: list[Event]) -> list[tuple[str, str, str, str, str, str]]:
                 detail = str(body.error)
             case WorkflowStuck():
                 detail = body.reason
+            case SleepStarted():
+                step, detail = body.name, f"until {_time(body.until_ms)}"
+            case TimerScheduled():
+                detail = f"{body.timer.purpose.value} due {_time(body.timer.due_ms)} ({body.timer.id})"
+            case TimerFired():
+                detail = f"{body.timer.purpose.value} {body.timer.id}, {body.late_ms} ms late"
+            case TimerCancelled():
+                detail = body.timer_id
         rows.append((_time(event.at_ms), type(body).__name__, step, attempt, duration, detail))
     return rows
 
@@ -97,6 +109,11 @@ def format_status(state: RunState) -> str:
     steps = [e for e in state.journal if e.kind is EntryKind.STEP]
     if steps:
         lines.append(f"steps     {sum(e.state.value == 'completed' for e in steps)}/{len(steps)} completed")
+    for timer in sorted(state.timers, key=lambda t: t.due_ms):
+        lines.append(f"timer     {timer.purpose.value} {timer.id} due {_time(timer.due_ms)}")
+    wake = state.next_wake_up_ms()
+    if wake is not None:
+        lines.append(f"wakes     {_time(wake)}")
     if state.result is not None:
         lines.append(f"result    {_short(state.result, 200)}")
     if state.error is not None:

@@ -30,6 +30,7 @@ class Topics:
     tasks: str
     completions: str
     dead_letter: str
+    timers: str
 
     @classmethod
     def named(cls, prefix: str) -> Topics:
@@ -41,6 +42,7 @@ class Topics:
             tasks=f"{prefix}tasks",
             completions=f"{prefix}completions",
             dead_letter=f"{prefix}dead-letter",
+            timers=f"{prefix}timers",
         )
 
     def configs(self) -> dict[str, dict[str, str]]:
@@ -52,6 +54,8 @@ class Topics:
             self.tasks: {"cleanup.policy": "delete"},
             self.completions: {"cleanup.policy": "delete", "retention.ms": str(52 * _WEEK_MS)},
             self.dead_letter: {"cleanup.policy": "delete", "retention.ms": str(52 * _WEEK_MS)},
+            # The timer service's input is its own changelog: live timers stay, fired ones are tombstoned.
+            self.timers: {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "delete.retention.ms": "3600000"},
         }
 
 
@@ -71,7 +75,7 @@ async def ensure_topics(settings: Settings) -> Topics:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker or client was quicker
                 await admin.create_topics(missing)
             logger.info("created topics %s", ", ".join(t.name for t in missing))
-        described = await admin.describe_topics([topics.inbox, topics.state, topics.tasks])
+        described = await admin.describe_topics([topics.inbox, topics.state, topics.tasks, topics.timers])
         counts = {d["topic"]: len(d["partitions"]) for d in described}
         if len(set(counts.values())) != 1:
             raise RuntimeError(f"Steady's topics must have one partition count, found {counts}")

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -27,14 +26,29 @@ from aiokafka.structs import ConsumerRecord
 
 from actors.actor import Actor
 from actors.commands import Command
-from actors.events import Event, StepScheduled, WorkflowCompleted, WorkflowFailed
+from actors.events import Event, StepScheduled, TimerCancelled, TimerScheduled, WorkflowCompleted, WorkflowFailed
 from actors.model import EntryKind, EntryState, RunState, RunStatus
 from actors.workflow import Registry
 from schemas.codec import CodecError
-from streams.executor import Clock, StepExecutor, wall_clock_ms
-from streams.records import COMMAND, COMPLETION, DEAD_LETTER, EVENT, STATE, TASK, Completion, DeadLetter, StepTask
+from streams.clock import Clock, WallClock
+from streams.executor import StepExecutor
+from streams.records import (
+    COMMAND,
+    COMPLETION,
+    DEAD_LETTER,
+    EVENT,
+    STATE,
+    TASK,
+    TIMER,
+    Completion,
+    DeadLetter,
+    StepTask,
+    TimerRecord,
+    timer_key,
+)
 from streams.settings import Settings
 from streams.store import RunStore
+from streams.timers import TimerService
 from streams.topics import Topics, ensure_topics
 
 logger = logging.getLogger(__name__)
@@ -45,7 +59,7 @@ class _Out:
     topic: str
     partition: int
     key: bytes | None
-    value: bytes
+    value: bytes | None
     headers: list[tuple[str, bytes]]
 
 
@@ -83,12 +97,13 @@ class Worker:
         ```
     """
 
-    def __init__(self, registry: Registry, settings: Settings, *, clock: Clock = wall_clock_ms) -> None:
+    def __init__(self, registry: Registry, settings: Settings, *, clock: Clock | None = None) -> None:
         self.registry = registry
         self.settings = settings
         self.topics = Topics.named(settings.prefix)
         self.actor = Actor(registry)
-        self.clock = clock
+        self.clock: Clock = clock or WallClock()
+        self.timers = TimerService(settings, self.clock)
         self.ready = asyncio.Event()
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -141,6 +156,7 @@ class Worker:
             max_poll_records=s.max_batch,
         )
         await self._consumer.start()
+        await self.timers.start()
         self._partitions = len(self._consumer.partitions_for_topic(self.topics.inbox) or ()) or s.partitions
         self._consumer.subscribe([self.topics.inbox, self.topics.tasks], listener=_Rebalance(self))
         logger.info("worker %s joined group %s on %s", s.worker_id, s.group, s.bootstrap)
@@ -148,9 +164,13 @@ class Worker:
     async def run(self) -> None:
         """Start, then process records until :meth:`stop` is called or the task is cancelled."""
         await self.start()
+        timers = asyncio.create_task(self.timers.run(), name="steady timers")
         try:
             await self._loop()
         finally:
+            timers.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timers
             await self.close()
 
     async def _loop(self) -> None:
@@ -171,6 +191,7 @@ class Worker:
         """Stop the executor, leave the group, close producers and the store."""
         if self._executor is not None:
             await self._executor.stop()
+        await self.timers.close()
         for client in (self._consumer, self._producer, self._reports):
             if client is not None:
                 with contextlib.suppress(Exception):
@@ -355,6 +376,14 @@ class Worker:
                     at_ms=event.at_ms,
                 )
                 outputs.append(_Out(self.topics.tasks, partition, key, TASK.encode(task), TASK.headers))
+            elif isinstance(body, TimerScheduled):
+                record = TimerRecord(command.tenant, command.workflow_id, body.timer, event.at_ms)
+                outputs.append(
+                    _Out(self.topics.timers, partition, record.key.encode(), TIMER.encode(record), TIMER.headers)
+                )
+            elif isinstance(body, TimerCancelled):
+                tombstone = timer_key(command.key, body.timer_id).encode()
+                outputs.append(_Out(self.topics.timers, partition, tombstone, None, []))
             elif isinstance(body, WorkflowCompleted | WorkflowFailed) and state is not None:
                 done = Completion(
                     tenant=state.tenant,
@@ -374,7 +403,7 @@ class Worker:
     def _dead_letter(self, record: ConsumerRecord, reason: str) -> _Out:
         logger.warning("dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
         letter = DeadLetter(
-            record.topic, record.partition, record.offset, record.key, record.value, reason, self.clock()
+            record.topic, record.partition, record.offset, record.key, record.value, reason, self.clock.now_ms()
         )
         partition = self.partition_of(record.key) if record.key is not None else record.partition % self._partitions
         return _Out(self.topics.dead_letter, partition, record.key, DEAD_LETTER.encode(letter), DEAD_LETTER.headers)
@@ -423,17 +452,3 @@ class Worker:
         for tp, offset in offsets.items():
             if tp in self._task_offsets:
                 self._task_offsets[tp].committed = offset
-
-
-async def run_worker(
-    registry: Registry, settings: Settings, *, clock: Clock = wall_clock_ms, on_ready: Callable[[], None] | None = None
-) -> None:
-    """Run a worker until cancelled (used by ``steady worker`` and ``steady dev``)."""
-    worker = Worker(registry, settings, clock=clock)
-    runner = asyncio.create_task(worker.run())
-    if on_ready is not None:
-        ready = asyncio.create_task(worker.ready.wait())
-        await asyncio.wait({runner, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if worker.ready.is_set():
-            on_ready()
-    await runner

@@ -109,3 +109,18 @@ async def run_journaled(ctx: Context, n: int) -> list[str]:
 
 
 app = Registry([chain, failures, journaled])
+
+
+sleeper = Workflow("sleeper")
+
+
+@sleeper.main
+async def run_sleeper(ctx: Context, seconds: float) -> dict[str, int]:
+    before = ctx.now()
+    await ctx.sleep("nap", timedelta(seconds=seconds))
+    woke = ctx.now()
+    done = await ctx.step("after", shout, "awake")
+    return {"slept_ms": int((woke - before).total_seconds() * 1000), "after": len(done)}
+
+
+app.add(sleeper)

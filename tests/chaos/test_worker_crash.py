@@ -77,3 +77,30 @@ async def test_killed_worker_loses_no_run_and_repeats_no_recorded_step(settings:
     finally:
         first.stop()
         second.stop()
+
+
+async def test_a_run_asleep_when_its_worker_dies_wakes_under_a_new_worker(settings: Settings, tmp_path: Path) -> None:
+    env = {"STEADY_SESSION_TIMEOUT_MS": "6000"}
+    first = WorkerProcess(settings, "tests.workflows:app", tmp_path / "worker1.log", env)
+    second = WorkerProcess(settings, "tests.workflows:app", tmp_path / "worker2.log", env)
+    try:
+        first.start()
+        await eventually(lambda: b"assigned partitions" in first.log.read_bytes(), timeout=90)
+        async with Client(settings.bootstrap, prefix=settings.prefix) as client:
+            handles = await asyncio.gather(*(client.start("sleeper", 6.0, id=f"nap-{i}") for i in range(5)))
+
+            async def all_asleep() -> bool:
+                states = await asyncio.gather(*(h.status() for h in handles))
+                return all(s is not None and s.timers for s in states)
+
+            await eventually(all_asleep, timeout=60)
+            first.kill()
+            second.start()
+            results = await asyncio.gather(*(h.result(timeout=120) for h in handles))
+
+        assert all(r["slept_ms"] >= 6_000 for r in results), results
+        done = Counter(c.workflow_id for c in await completions(settings.bootstrap, settings.prefix))
+        assert {f"nap-{i}": 1 for i in range(5)} == dict(done)
+    finally:
+        first.stop()
+        second.stop()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
-from actors import Context, StepFailed, TerminalError, Workflow
+from actors import Context, RetryPolicy, StepFailed, TerminalError, Workflow
 from actors.errors import ErrorInfo
 from actors.events import StepScheduled, ValueRecorded, WorkflowCompleted, WorkflowFailed, WorkflowStuck
 from actors.model import RunStatus
@@ -119,6 +120,9 @@ def test_racing_branches_replay_in_the_order_their_results_arrived() -> None:
     assert isinstance(events[-1].body, WorkflowCompleted)
     assert b"[2,2]" == events[-1].body.result.data
 
+
+immediate = Workflow("immediate", retry=RetryPolicy(max_attempts=3, initial_interval=timedelta(0)))
+immediate.main(chain_main)
 
 renamed = Workflow("chain")
 
@@ -240,8 +244,8 @@ def test_terminal_error_is_not_retried_and_reaches_the_workflow() -> None:
 
 
 def test_retryable_failure_schedules_the_next_attempt_until_attempts_run_out() -> None:
-    run = run_of(chain)
-    run.start(chain, 1)
+    run = run_of(immediate)
+    run.start(immediate, 1)
     error = ErrorInfo("ConnectionError", "down")
 
     second = run.fail(0, error, attempt=1)
@@ -257,8 +261,8 @@ def test_retryable_failure_schedules_the_next_attempt_until_attempts_run_out() -
 
 
 def test_a_result_for_an_old_attempt_is_dropped() -> None:
-    run = run_of(chain)
-    run.start(chain, 1)
+    run = run_of(immediate)
+    run.start(immediate, 1)
     run.fail(0, ErrorInfo("ConnectionError", "down"), attempt=1)
 
     events = run.complete(0, 2, attempt=1)

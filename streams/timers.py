@@ -1,0 +1,264 @@
+"""The timer service: fires durable timers (sleeps, retry backoffs, step and workflow timeouts).
+
+Actors write a :class:`~streams.records.TimerRecord` to the compacted ``timers`` topic, on their run's
+partition, in the same transaction as the event that set it; cancelling writes a tombstone. The timer
+service owns the partitions of that topic through its own consumer group, keeps the live timers in RocksDB
+ordered by due time (key = partition, big-endian due milliseconds, timer key) and, when the earliest is due,
+sends ``FireTimer`` to the run's inbox and tombstones the timer.
+
+The topic is the service's changelog: a new owner of a partition reads it from its local checkpoint (or from
+the start) and has every live timer. Work follows due timers only: the service looks at the head of each
+partition's ordered store, never scans pending timers, and holds none of them in memory. Firing is at least
+once: a timer fired twice (a crash between firing and its tombstone) changes nothing the second time,
+because the actor keeps the ids of its pending timers and ignores the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from rocksdict import Options, Rdict, WriteBatch
+
+from actors.commands import Command, FireTimer
+from schemas.codec import CodecError
+from streams.clock import Clock
+from streams.records import COMMAND, TIMER
+from streams.settings import Settings
+from streams.topics import Topics
+
+logger = logging.getLogger(__name__)
+
+_DUE = b"d"
+_INDEX = b"i"
+_CHECKPOINT = b"c"
+
+
+def _p(partition: int) -> bytes:
+    return struct.pack(">I", partition)
+
+
+class TimerStore:
+    """Live timers per partition, ordered by due time, with the topic offset each partition reflects."""
+
+    def __init__(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        self._db = Rdict(str(path), options)
+
+    def apply(self, partition: int, records: list[tuple[str, int | None, bytes | None]], next_offset: int) -> None:
+        """Put (key, due, value) or delete (key, None, None) timers, and move the partition's checkpoint."""
+        batch = WriteBatch(raw_mode=True)
+        seen: dict[str, int | None] = {}
+        for key, due, value in records:
+            index = _INDEX + _p(partition) + key.encode()
+            old = seen[key] if key in seen else self._due_of(index)
+            if old is not None:
+                batch.delete(_DUE + _p(partition) + struct.pack(">Q", old) + key.encode())
+            if due is None or value is None:
+                batch.delete(index)
+            else:
+                batch.put(_DUE + _p(partition) + struct.pack(">Q", due) + key.encode(), value)
+                batch.put(index, struct.pack(">Q", due))
+            seen[key] = due
+        batch.put(_CHECKPOINT + _p(partition), struct.pack(">Q", next_offset))
+        self._db.write(batch)
+
+    def _due_of(self, index: bytes) -> int | None:
+        raw = self._db.get(index)
+        return None if raw is None else int(struct.unpack(">Q", raw)[0])
+
+    def forget(self, partition: int, keys: list[str]) -> None:
+        """Remove fired timers at once (their tombstones arrive later through the topic)."""
+        self.apply(partition, [(k, None, None) for k in keys], self.next_offset(partition))
+
+    def next_offset(self, partition: int) -> int:
+        """The first topic offset of ``partition`` not yet applied."""
+        raw = self._db.get(_CHECKPOINT + _p(partition))
+        return 0 if raw is None else int(struct.unpack(">Q", raw)[0])
+
+    def due(self, partition: int, now_ms: int, limit: int) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` timers of ``partition`` due at ``now_ms``, earliest first."""
+        head = _DUE + _p(partition)
+        out: list[tuple[str, bytes]] = []
+        for raw_key, value in self._db.items(from_key=head):
+            key = bytes(raw_key)  # type: ignore[arg-type]  # raw mode: bytes
+            if not key.startswith(head) or len(out) >= limit:
+                break
+            due = struct.unpack(">Q", key[len(head) : len(head) + 8])[0]
+            if due > now_ms:
+                break
+            out.append((key[len(head) + 8 :].decode(), bytes(value)))
+        return out
+
+    def next_due(self, partition: int) -> int | None:
+        """When the earliest timer of ``partition`` is due."""
+        head = _DUE + _p(partition)
+        for raw_key in self._db.keys(from_key=head):
+            key = bytes(raw_key)  # type: ignore[arg-type]
+            if key.startswith(head):
+                return int(struct.unpack(">Q", key[len(head) : len(head) + 8])[0])
+            break
+        return None
+
+    def count(self, partition: int) -> int:
+        """How many live timers ``partition`` holds (scans the partition: for tools and tests)."""
+        head = _INDEX + _p(partition)
+        total = 0
+        for raw_key in self._db.keys(from_key=head):
+            if not bytes(raw_key).startswith(head):  # type: ignore[arg-type]
+                break
+            total += 1
+        return total
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: TimerService) -> None:
+        self._service = service
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._service.owned -= {tp.partition for tp in revoked}
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._service.assigned(assigned)
+
+
+class TimerService:
+    """Owns partitions of the timers topic and fires their timers into the inbox when due."""
+
+    def __init__(self, settings: Settings, clock: Clock, *, max_batch: int = 500) -> None:
+        self.settings = settings
+        self.topics = Topics.named(settings.prefix)
+        self.clock = clock
+        self.max_batch = max_batch
+        self.owned: set[int] = set()
+        self.fired = 0
+        self.store = TimerStore(settings.state_dir / settings.prefix.rstrip(".") / f"{settings.worker_id}-timers")
+        self._wake = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        """Join the timer services' group."""
+        s = self.settings
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap, enable_idempotence=True, acks="all", linger_ms=1
+        )
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap,
+            group_id=f"{s.prefix}timers",
+            client_id=f"steady-timers-{s.worker_id}",
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+        )
+        await self._consumer.start()
+        self._consumer.subscribe([self.topics.timers], listener=_Rebalance(self))
+
+    def assigned(self, assigned: set[TopicPartition]) -> None:
+        """Resume each new partition from the local checkpoint: the topic is the store's changelog."""
+        assert self._consumer is not None
+        for tp in assigned:
+            self._consumer.seek(tp, self.store.next_offset(tp.partition))
+        self.owned |= {tp.partition for tp in assigned}
+        self._wake.set()
+        logger.info("timer partitions %s", sorted(self.owned))
+
+    def poke(self) -> None:
+        """Look at the due timers now (a test clock moved)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Ingest timers and fire the due ones until cancelled."""
+        await asyncio.gather(self._ingest(), self._fire_due())
+
+    async def _ingest(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=500, max_records=5_000)
+            earliest: int | None = None
+            for tp, records in batch.items():
+                changes: list[tuple[str, int | None, bytes | None]] = []
+                for record in records:
+                    if record.key is None:
+                        continue
+                    key = record.key.decode()
+                    if record.value is None:
+                        changes.append((key, None, None))
+                        continue
+                    try:
+                        due = TIMER.decode(record.value).timer.due_ms
+                    except CodecError:
+                        logger.warning("ignoring undecodable timer %s at %s@%d", key, tp, record.offset)
+                        continue
+                    changes.append((key, due, record.value))
+                    earliest = due if earliest is None else min(earliest, due)
+                self.store.apply(tp.partition, changes, records[-1].offset + 1)
+            if earliest is not None and earliest <= self.clock.now_ms() + 1_000:
+                self._wake.set()
+
+    async def _fire_due(self) -> None:
+        while True:
+            now = self.clock.now_ms()
+            fired = 0
+            for partition in sorted(self.owned):
+                due = self.store.due(partition, now, self.max_batch)
+                if due:
+                    await self._fire(partition, due)
+                    fired += len(due)
+            if fired:
+                continue
+            heads = [d for d in (self.store.next_due(p) for p in self.owned) if d is not None]
+            delay = 1.0 if not heads else min(1.0, max(0.0, (min(heads) - self.clock.now_ms()) / 1000))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _fire(self, partition: int, due: list[tuple[str, bytes]]) -> None:
+        assert self._producer is not None
+        sent = []
+        for key, value in due:
+            record = TIMER.decode(value)
+            command = Command(
+                id=f"fire/{key}",
+                tenant=record.tenant,
+                workflow_id=record.workflow_id,
+                at_ms=self.clock.now_ms(),
+                body=FireTimer(record.timer.id, record.timer.due_ms),
+            )
+            sent.append(
+                await self._producer.send(
+                    self.topics.inbox,
+                    COMMAND.encode(command),
+                    key=record.run_key.encode(),
+                    partition=partition,
+                    headers=COMMAND.headers,
+                )
+            )
+        for key, _ in due:
+            sent.append(await self._producer.send(self.topics.timers, None, key=key.encode(), partition=partition))
+        await asyncio.gather(*sent)
+        self.store.forget(partition, [key for key, _ in due])
+        self.fired += len(due)
+
+    async def close(self) -> None:
+        """Leave the group and close the store."""
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.stop()
+        self.store.close()
