@@ -2,9 +2,12 @@
 
 from actors.context import Context, StepInfo, current_step
 from actors.errors import (
+    Cancelled,
     ErrorInfo,
+    EventTimeout,
     NonDeterminismError,
     RetryableError,
+    RunCancelled,
     RunFailed,
     SteadyError,
     StepFailed,
@@ -15,12 +18,15 @@ from actors.policy import RetryPolicy
 from actors.workflow import Registry, Workflow
 
 __all__ = [
+    "Cancelled",
     "Context",
     "ErrorInfo",
+    "EventTimeout",
     "NonDeterminismError",
     "Registry",
     "RetryPolicy",
     "RetryableError",
+    "RunCancelled",
     "RunFailed",
     "SteadyError",
     "StepFailed",

@@ -10,11 +10,23 @@ from dataclasses import dataclass, field, replace
 from typing import assert_never
 
 from actors import payload
-from actors.commands import Command, CompleteStep, FailStep, FireTimer, StartWorkflow
+from actors.commands import (
+    CancelWorkflow,
+    Command,
+    CompleteStep,
+    FailStep,
+    FireTimer,
+    SendEvent,
+    StartWorkflow,
+)
 from actors.errors import ErrorInfo
 from actors.events import (
+    CancelRequested,
     Event,
+    EventAwaited,
     EventBody,
+    EventDelivered,
+    EventReceived,
     SleepStarted,
     StepAttemptFailed,
     StepCompleted,
@@ -24,12 +36,24 @@ from actors.events import (
     TimerFired,
     TimerScheduled,
     ValueRecorded,
+    WaitTimedOut,
+    WorkflowCancelled,
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowStarted,
     WorkflowStuck,
 )
-from actors.model import EntryKind, EntryState, JournalEntry, RunState, RunStatus, Timer, TimerPurpose
+from actors.model import (
+    RECENT_EVENT_IDS,
+    BufferedEvent,
+    EntryKind,
+    EntryState,
+    JournalEntry,
+    RunState,
+    RunStatus,
+    Timer,
+    TimerPurpose,
+)
 from actors.replay import activate
 from actors.workflow import Registry
 
@@ -109,6 +133,11 @@ def _fire(state: RunState, timer: Timer, at_ms: int) -> Decision:
             )
             then = _failure(late, timer.attempt, error, late.scheduled_at_ms, at_ms)
             return Decision([fired, *then.events], activate=then.activate)
+        case TimerPurpose.EVENT_TIMEOUT:
+            wait = state.journal[timer.seq]
+            if wait.state is not EntryState.SCHEDULED:
+                return Decision([fired])
+            return Decision([fired, WaitTimedOut(wait.seq, wait.name)], activate=True)
         case TimerPurpose.WORKFLOW_TIMEOUT:
             limit = timer.due_ms - state.started_at_ms
             error = ErrorInfo("WorkflowTimeout", f"the run did not finish within {limit} ms", retryable=False)
@@ -143,6 +172,19 @@ def decide(state: RunState | None, command: Command) -> Decision:
             if timer is None or state.status.finished:
                 return Decision()  # its purpose is gone (the step reported, the run ended): nothing changes
             return _fire(state, timer, command.at_ms)
+        case SendEvent(name=name, payload=data):
+            if state.status.finished:
+                return Decision(rejected=f"run {state.key} is {state.status.value}; event {name!r} has no reader")
+            if command.id in state.event_ids:
+                return Decision()  # a resent event
+            wait = state.waiting_for(name)
+            if wait is None:
+                return Decision([EventReceived(command.id, name, data)])
+            return Decision([EventDelivered(wait.seq, name, command.id, data)], activate=True)
+        case CancelWorkflow(reason=reason):
+            if state.status.finished or state.cancel_reason:
+                return Decision()  # already ended, or already cancelling
+            return Decision([CancelRequested(reason or "cancelled")], activate=True)
         case _:
             assert_never(body)
 
@@ -156,8 +198,23 @@ def follow_ups(state: RunState, body: EventBody, at_ms: int) -> list[EventBody]:
         case StepCompleted() | StepAttemptFailed():
             stale = Timer.of(TimerPurpose.STEP_TIMEOUT, body.seq, body.attempt, 0).id
             return [TimerCancelled(stale)] if state.timer(stale) is not None else []
-        case WorkflowCompleted() | WorkflowFailed():
+        case WorkflowCompleted() | WorkflowFailed() | WorkflowCancelled():
             return [TimerCancelled(t.id) for t in state.timers]
+        case EventAwaited(name=name):
+            buffered = next((e for e in state.events if e.name == name), None)
+            if buffered is None:
+                return []
+            return [EventDelivered(body.seq, name, buffered.id, buffered.payload)]
+        case EventDelivered():
+            stale = Timer.of(TimerPurpose.EVENT_TIMEOUT, body.seq, 1, 0).id
+            return [TimerCancelled(stale)] if state.timer(stale) is not None else []
+        case CancelRequested():
+            open_calls = {e.seq for e in state.journal if e.state is EntryState.SCHEDULED}
+            return [
+                TimerCancelled(t.id)
+                for t in state.timers
+                if t.seq in open_calls and t.purpose is not TimerPurpose.WORKFLOW_TIMEOUT
+            ]
         case _:
             return []
 
@@ -249,6 +306,11 @@ def evolve(state: RunState | None, event: Event) -> RunState:
             return replace(state, timers=(*state.timers, body.timer))
         case TimerCancelled():
             return replace(state, timers=tuple(t for t in state.timers if t.id != body.timer_id))
+        case EventAwaited() | EventReceived() | EventDelivered() | WaitTimedOut() | CancelRequested():
+            return _evolve_outside(state, body, event.at_ms)
+        case WorkflowCancelled():
+            error = ErrorInfo("Cancelled", body.reason, retryable=False)
+            return replace(state, status=RunStatus.CANCELLED, error=error)
         case TimerFired():
             state = replace(state, timers=tuple(t for t in state.timers if t.id != body.timer.id))
             if body.timer.purpose is not TimerPurpose.SLEEP:
@@ -263,6 +325,74 @@ def evolve(state: RunState | None, event: Event) -> RunState:
             return replace(state, journal=_set_entry(state, woke), resolutions=resolution)
         case _:
             assert_never(body)
+
+
+def _evolve_outside(
+    state: RunState,
+    body: EventAwaited | EventReceived | EventDelivered | WaitTimedOut | CancelRequested,
+    at_ms: int,
+) -> RunState:
+    """Evolve by what came from outside the workflow: awaited events and cancellation."""
+    match body:
+        case EventAwaited():
+            entry = JournalEntry(
+                seq=body.seq,
+                kind=EntryKind.EVENT,
+                name=body.name,
+                state=EntryState.SCHEDULED,
+                args=payload.encode(body.timeout_ms),
+                scheduled_at_ms=at_ms,
+            )
+            return replace(state, journal=_set_entry(state, entry))
+        case EventReceived():
+            buffered = BufferedEvent(body.id, body.name, body.payload, at_ms)
+            return replace(state, events=(*state.events, buffered), event_ids=_remember(state, body.id))
+        case EventDelivered():
+            resolution = state.resolutions + 1
+            answered = replace(
+                state.journal[body.seq],
+                state=EntryState.COMPLETED,
+                result=body.payload,
+                finished_at_ms=at_ms,
+                resolution=resolution,
+            )
+            return replace(
+                state,
+                journal=_set_entry(state, answered),
+                resolutions=resolution,
+                events=tuple(e for e in state.events if e.id != body.id),
+                event_ids=_remember(state, body.id),
+            )
+        case WaitTimedOut():
+            resolution = state.resolutions + 1
+            error = ErrorInfo("EventTimeout", f"no event {body.name!r} in time", retryable=False)
+            timed_out = replace(
+                state.journal[body.seq],
+                state=EntryState.FAILED,
+                error=error,
+                finished_at_ms=at_ms,
+                resolution=resolution,
+            )
+            return replace(state, journal=_set_entry(state, timed_out), resolutions=resolution)
+        case CancelRequested():
+            # Every open call fails with Cancelled in one round: the workflow sees it at its current await.
+            resolution = state.resolutions + 1
+            error = ErrorInfo("Cancelled", body.reason, retryable=False)
+            journal = tuple(
+                replace(e, state=EntryState.FAILED, error=error, finished_at_ms=at_ms, resolution=resolution)
+                if e.state is EntryState.SCHEDULED
+                else e
+                for e in state.journal
+            )
+            return replace(state, journal=journal, resolutions=resolution, cancel_reason=body.reason)
+        case _:
+            assert_never(body)
+
+
+def _remember(state: RunState, event_id: str) -> tuple[str, ...]:
+    if event_id in state.event_ids:
+        return state.event_ids
+    return (*state.event_ids, event_id)[-RECENT_EVENT_IDS:]
 
 
 def fold(state: RunState | None, events: list[Event]) -> RunState | None:
@@ -311,14 +441,18 @@ class Actor:
             return Outcome(state, [], rejected=decision.rejected)
         events: list[Event] = []
         state = self._append(state, command, [*decision.events, *start_timers], events)
-        if decision.activate and state is not None and state.status is RunStatus.RUNNING:
+        again = decision.activate
+        while again and state is not None and state.status is RunStatus.RUNNING:
             workflow = self.registry.get(state.workflow_type, state.version)
             if workflow is None:
                 reason = f"workflow {state.workflow_type!r} version {state.version!r} is not registered on this worker"
                 bodies: list[EventBody] = [WorkflowStuck(reason)]
             else:
                 bodies = activate(state, workflow, command.at_ms)
+            before = len(events)
             state = self._append(state, command, bodies, events)
+            # An event kept in the state may answer a wait the workflow just opened: run it again.
+            again = any(isinstance(e.body, EventDelivered) for e in events[before:])
         return Outcome(state, events)
 
     @staticmethod

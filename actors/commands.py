@@ -54,7 +54,22 @@ class FireTimer:
     due_ms: int
 
 
-CommandBody = StartWorkflow | CompleteStep | FailStep | FireTimer
+@dataclass(frozen=True, slots=True)
+class SendEvent:
+    """Deliver event ``name`` with ``payload`` to the run (kept until the workflow waits for it)."""
+
+    name: str
+    payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class CancelWorkflow:
+    """Ask the run to cancel: ``Cancelled`` is raised in the workflow at its current ``await``."""
+
+    reason: str
+
+
+CommandBody = StartWorkflow | CompleteStep | FailStep | FireTimer | SendEvent | CancelWorkflow
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,8 +22,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from actors import payload
-from actors.errors import NonDeterminismError, StepFailed, Suspend, WorkflowDefinitionError
-from actors.events import EventBody, SleepStarted, StepScheduled, TimerScheduled, ValueRecorded
+from actors.errors import Cancelled, EventTimeout, NonDeterminismError, StepFailed, Suspend, WorkflowDefinitionError
+from actors.events import EventAwaited, EventBody, SleepStarted, StepScheduled, TimerScheduled, ValueRecorded
 from actors.model import EntryKind, EntryState, JournalEntry, RunState, Timer, TimerPurpose
 from actors.policy import RetryPolicy
 
@@ -246,6 +246,35 @@ class Context:
             self._resolve(entry)
         return future
 
+    def wait_for_event(
+        self,
+        name: str,
+        *,
+        timeout: timedelta | None = None,
+        type: Any = Any,
+    ) -> asyncio.Future[Any]:
+        """Wait for the outside event ``name`` and return its payload (decoded into ``type``).
+
+        An event that arrived before this call is delivered at once, in arrival order. Several waits may be
+        open together (``asyncio.gather`` or ``asyncio.wait``).
+
+        Raises:
+            EventTimeout: no event within ``timeout``.
+        """
+        seq, entry, _ = self._call(EntryKind.EVENT, name)
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._return_types[seq] = type
+        if entry is None:
+            timeout_ms = 0 if timeout is None else int(timeout / timedelta(milliseconds=1))
+            self.new_events.append(EventAwaited(seq, name, timeout_ms))
+            if timeout is not None:
+                due = self._now_ms + timeout_ms
+                self.new_events.append(TimerScheduled(Timer.of(TimerPurpose.EVENT_TIMEOUT, seq, 1, due)))
+        self._pending[seq] = future
+        if entry is not None and entry.resolution and entry.resolution <= self._round:
+            self._resolve(entry)
+        return future
+
     def now(self) -> datetime:
         """The current time in UTC, recorded on first execution so that replay sees the same value."""
         seq, entry, _ = self._call(EntryKind.VALUE, "now")
@@ -304,7 +333,12 @@ class Context:
         future = self._pending.pop(entry.seq, None)
         if future is None or future.done():
             return
-        if entry.kind is EntryKind.SLEEP and entry.state is EntryState.COMPLETED:
+        if entry.state is EntryState.FAILED and entry.error is not None and entry.error.type == "Cancelled":
+            future.set_exception(Cancelled(entry.error.message))
+        elif entry.state is EntryState.FAILED and entry.error is not None and entry.kind is EntryKind.EVENT:
+            timeout_ms = int(payload.decode(entry.args, int)) if entry.args is not None else 0
+            future.set_exception(EventTimeout(entry.name, timeout_ms))
+        elif entry.kind is EntryKind.SLEEP and entry.state is EntryState.COMPLETED:
             future.set_result(None)
         elif entry.state is EntryState.COMPLETED and entry.result is not None:
             try:

@@ -7,9 +7,12 @@
           ├── TerminalError          a step failed for good: never retried, raised in the workflow
           │    └── StepFailed        a step's attempts ran out (carries the last error and the count)
           ├── RetryableError         a step asks to be retried, optionally after ``retry_after``
+          ├── EventTimeout           a wait for an event ended without one
+          ├── Cancelled              the run was cancelled; raised at the workflow's current await
           ├── NonDeterminismError    replay of the workflow code diverged from its journal
           ├── WorkflowDefinitionError  a workflow or step is declared in a way Steady cannot run
           └── RunFailed              the client's view of a run that ended in failure
+               └── RunCancelled      ... or that was cancelled
     BaseException
      └── Suspend                     internal: the workflow awaits work that is not done yet
 
@@ -83,6 +86,26 @@ class RetryableError(SteadyError):
         self.retry_after = retry_after
 
 
+class EventTimeout(SteadyError):
+    """A ``ctx.wait_for_event`` ended without the event."""
+
+    def __init__(self, name: str, timeout_ms: int) -> None:
+        super().__init__(f"no event {name!r} within {timeout_ms} ms")
+        self.name = name
+        self.timeout_ms = timeout_ms
+
+
+class Cancelled(SteadyError):
+    """The run was cancelled. Raised at the workflow's current ``await``; catch it to compensate.
+
+    If it propagates out of the workflow, the run ends as cancelled.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"cancelled: {reason}" if reason else "cancelled")
+        self.reason = reason
+
+
 class NonDeterminismError(SteadyError):
     """Replaying the workflow function did not follow its journal (a step renamed, reordered or removed)."""
 
@@ -103,6 +126,10 @@ class RunFailed(SteadyError):
         super().__init__(f"run {run_key} failed: {error}")
         self.run_key = run_key
         self.error = error
+
+
+class RunCancelled(RunFailed):
+    """The client's view of a run that ended because it was cancelled."""
 
 
 class Suspend(BaseException):

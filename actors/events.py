@@ -130,6 +130,56 @@ class TimerCancelled:
     timer_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class EventAwaited:
+    """The workflow waits for event ``name`` at call ``seq`` (``timeout_ms`` 0: no timeout)."""
+
+    seq: int
+    name: str
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventReceived:
+    """Event ``name`` arrived before anything waited for it; it is kept in the run's state."""
+
+    id: str
+    name: str
+    payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class EventDelivered:
+    """Event ``id`` (``name``) answered the wait at call ``seq``."""
+
+    seq: int
+    name: str
+    id: str
+    payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class WaitTimedOut:
+    """The wait for event ``name`` at call ``seq`` ended without an event."""
+
+    seq: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    """The run was asked to cancel; every open call now raises ``Cancelled`` in the workflow."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowCancelled:
+    """The workflow ended because it was cancelled (after any compensation it ran)."""
+
+    reason: str
+
+
 EventBody = (
     WorkflowStarted
     | StepScheduled
@@ -144,6 +194,12 @@ EventBody = (
     | TimerScheduled
     | TimerFired
     | TimerCancelled
+    | EventAwaited
+    | EventReceived
+    | EventDelivered
+    | WaitTimedOut
+    | CancelRequested
+    | WorkflowCancelled
 )
 
 

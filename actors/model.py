@@ -41,6 +41,8 @@ class EntryKind(StrEnum):
     """A value the workflow read from the outside world (``ctx.now()``), recorded so replay sees it again."""
     SLEEP = "sleep"
     """A durable sleep (``ctx.sleep``/``ctx.sleep_until``); ``args`` holds the wake-up time in epoch ms."""
+    EVENT = "event"
+    """A wait for an outside event (``ctx.wait_for_event``); ``result`` holds the event's payload."""
 
 
 class TimerPurpose(StrEnum):
@@ -54,6 +56,8 @@ class TimerPurpose(StrEnum):
     """Fail a step attempt that did not report in time."""
     WORKFLOW_TIMEOUT = "workflow_timeout"
     """Fail a run that did not finish in time."""
+    EVENT_TIMEOUT = "event_timeout"
+    """End a wait for an event that did not come in time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,20 @@ class EntryState(StrEnum):
     SCHEDULED = "scheduled"
     COMPLETED = "completed"
     FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class BufferedEvent:
+    """An event that arrived before the workflow waited for it; delivered in arrival order when it does."""
+
+    id: str
+    name: str
+    payload: Payload
+    at_ms: int
+
+
+RECENT_EVENT_IDS = 1024
+"""How many event ids a run remembers to drop resent events (older duplicates are treated as new)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +165,9 @@ class RunState:
         history_len: how many history events the run has (the next event's number).
         resolutions: how many results have arrived; each one activated the workflow once.
         timers: the run's pending timers.
+        events: events received and not yet waited for, in arrival order.
+        event_ids: ids of the most recent events received (``RECENT_EVENT_IDS``), to drop resent ones.
+        cancel_reason: why the run was asked to cancel; empty if it was not.
     """
 
     tenant: str
@@ -165,6 +186,9 @@ class RunState:
     history_len: int = 0
     resolutions: int = 0
     timers: tuple[Timer, ...] = ()
+    events: tuple[BufferedEvent, ...] = ()
+    event_ids: tuple[str, ...] = ()
+    cancel_reason: str = ""
 
     @property
     def key(self) -> str:
@@ -178,6 +202,17 @@ class RunState:
     def next_wake_up_ms(self) -> int | None:
         """When the earliest pending timer fires."""
         return min((t.due_ms for t in self.timers), default=None)
+
+    def waiting_for(self, name: str) -> JournalEntry | None:
+        """The earliest wait for event ``name`` that is still open."""
+        return next(
+            (
+                e
+                for e in self.journal
+                if e.kind is EntryKind.EVENT and e.name == name and e.state is EntryState.SCHEDULED
+            ),
+            None,
+        )
 
     def pending_steps(self) -> list[JournalEntry]:
         """Steps scheduled and not yet finished."""

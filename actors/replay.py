@@ -21,8 +21,8 @@ from typing import Any
 
 from actors import payload
 from actors.context import Context
-from actors.errors import ErrorInfo, NonDeterminismError, WorkflowDefinitionError, error_info
-from actors.events import EventBody, WorkflowCompleted, WorkflowFailed, WorkflowStuck
+from actors.errors import Cancelled, ErrorInfo, NonDeterminismError, WorkflowDefinitionError, error_info
+from actors.events import EventBody, WorkflowCancelled, WorkflowCompleted, WorkflowFailed, WorkflowStuck
 from actors.model import RunState
 from actors.workflow import Workflow
 
@@ -156,6 +156,8 @@ def activate(state: RunState, workflow: Workflow, now_ms: int) -> list[EventBody
         loop.close_tasks()
         return ctx.new_events
     raised = task.exception() if not task.cancelled() else asyncio.CancelledError()
+    if isinstance(raised, Cancelled):
+        return [*ctx.new_events, WorkflowCancelled(raised.reason)]
     if raised is not None:
         return [*ctx.new_events, WorkflowFailed(error_info(raised))]
     try:

@@ -23,8 +23,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from actors import payload
-from actors.commands import Command, StartWorkflow
-from actors.errors import RunFailed, SteadyError
+from actors.commands import CancelWorkflow, Command, CommandBody, SendEvent, StartWorkflow
+from actors.errors import RunCancelled, RunFailed, SteadyError
 from actors.events import Event
 from actors.model import DEFAULT_TENANT, RunState, run_key
 from actors.workflow import Workflow
@@ -32,6 +32,10 @@ from streams.clock import WallClock
 from streams.records import COMMAND, COMPLETION, EVENT, STATE, Completion
 from streams.settings import Settings
 from streams.topics import Topics, ensure_topics
+
+
+def _encode(value: Any) -> payload.Payload:
+    return payload.encode(value)
 
 
 class RunHandle:
@@ -62,7 +66,7 @@ class RunHandle:
         done = await self.completion(timeout)
         if done.status != "completed" or done.result is None:
             assert done.error is not None
-            raise RunFailed(self.key, done.error)
+            raise (RunCancelled if done.status == "cancelled" else RunFailed)(self.key, done.error)
         annotation = self._workflow.output_type if self._workflow is not None else Any
         return payload.decode(done.result, annotation)
 
@@ -73,6 +77,14 @@ class RunHandle:
     async def history(self) -> list[Event]:
         """The run's events, in order."""
         return await self._client.history(self.workflow_id, tenant=self.tenant)
+
+    async def signal(self, name: str, payload: Any = None, *, event_id: str | None = None) -> None:
+        """Send the run the event ``name`` (see :meth:`Client.signal`)."""
+        await self._client.signal(self.workflow_id, name, payload, tenant=self.tenant, event_id=event_id)
+
+    async def cancel(self, reason: str = "") -> None:
+        """Ask the run to cancel (see :meth:`Client.cancel`)."""
+        await self._client.cancel(self.workflow_id, reason, tenant=self.tenant)
 
 
 class Client:
@@ -173,6 +185,31 @@ class Client:
             headers=COMMAND.headers,
         )
 
+    async def signal(
+        self,
+        id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        tenant: str | None = None,
+        event_id: str | None = None,
+    ) -> None:
+        """Send run ``id`` the event ``name`` with ``payload``.
+
+        The event is kept until the workflow waits for it. Resending with the same ``event_id`` delivers it
+        once (default: a new id per call).
+        """
+        body = SendEvent(name, _encode(payload))
+        await self._command(tenant or self.tenant, id, body, event_id or str(uuid.uuid4()))
+
+    async def cancel(self, id: str, reason: str = "", *, tenant: str | None = None) -> None:
+        """Ask run ``id`` to cancel: ``Cancelled`` is raised at its current await; it may compensate."""
+        tenant = tenant or self.tenant
+        await self._command(tenant, id, CancelWorkflow(reason), f"cancel/{tenant}/{id}")
+
+    async def _command(self, tenant: str, workflow_id: str, body: CommandBody, command_id: str) -> None:
+        await self.send(Command(command_id, tenant, workflow_id, WallClock().now_ms(), body))
+
     def handle(self, id: str, *, tenant: str | None = None, workflow: Workflow | None = None) -> RunHandle:
         """A handle on an existing run."""
         return RunHandle(self, tenant or self.tenant, id, workflow)
@@ -234,23 +271,41 @@ class Client:
                 waiter.set_result(done)
 
     async def completions(
-        self, *, tenant: str | None = None, workflow_type: str | None = None, from_beginning: bool = False
+        self,
+        *,
+        tenant: str | None = None,
+        workflow_type: str | None = None,
+        status: str | None = None,
+        group_id: str | None = None,
+        from_beginning: bool = False,
     ) -> AsyncIterator[Completion]:
-        """Every terminal record from now on (or from the beginning), filtered by tenant and type."""
+        """Terminal records as they come, filtered by tenant, workflow type and status.
+
+        With ``group_id`` the iterator is a member of that consumer group: several backends share the load,
+        and a restarted one resumes after the last record it received (offsets are committed automatically,
+        so a record may come again after a crash: handle completions idempotently, by run key). Without it,
+        it reads from now on (or from the beginning).
+        """
         await self._connect()
         consumer = AIOKafkaConsumer(
             self.topics.completions,
             bootstrap_servers=self.settings.bootstrap,
+            group_id=group_id,
             isolation_level="read_committed",
-            auto_offset_reset="earliest" if from_beginning else "latest",
-            enable_auto_commit=False,
+            auto_offset_reset="earliest" if from_beginning or group_id else "latest",
+            enable_auto_commit=group_id is not None,
         )
         await consumer.start()
         try:
             async for record in consumer:
-                done = COMPLETION.decode(record.value)
-                if (tenant is None or done.tenant == tenant) and (
-                    workflow_type is None or done.workflow_type == workflow_type
+                try:
+                    done = COMPLETION.decode(record.value)
+                except ValueError:
+                    continue
+                if (
+                    (tenant is None or done.tenant == tenant)
+                    and (workflow_type is None or done.workflow_type == workflow_type)
+                    and (status is None or done.status == status)
                 ):
                     yield done
         finally:

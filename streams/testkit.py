@@ -24,11 +24,20 @@ from typing import Any
 
 from actors import payload
 from actors.actor import Actor
-from actors.commands import Command, CommandBody, CompleteStep, FailStep, FireTimer, StartWorkflow
+from actors.commands import (
+    CancelWorkflow,
+    Command,
+    CommandBody,
+    CompleteStep,
+    FailStep,
+    FireTimer,
+    SendEvent,
+    StartWorkflow,
+)
 from actors.context import StepInfo, idempotency_key
-from actors.errors import RunFailed
+from actors.errors import RunCancelled, RunFailed
 from actors.events import Event, StepScheduled, TimerCancelled, TimerFired, TimerScheduled
-from actors.model import DEFAULT_TENANT, RunState, Timer, run_key
+from actors.model import DEFAULT_TENANT, RunState, RunStatus, Timer, run_key
 from actors.workflow import Registry, Workflow
 from streams.clock import ManualClock
 from streams.steps import StepError, run_step
@@ -96,6 +105,16 @@ class TestDriver:
         """Put a command in the inbox (it is applied by the next ``run_until_idle``)."""
         self._inbox.append(Command(command_id or str(uuid.uuid4()), tenant, workflow_id, self.clock.now_ms(), body))
 
+    async def signal(self, id: str, name: str, value: Any = None, *, tenant: str = DEFAULT_TENANT) -> None:
+        """Send run ``id`` the event ``name`` and let it react."""
+        self.send(tenant, id, SendEvent(name, payload.encode(value)))
+        await self.run_until_idle()
+
+    async def cancel(self, id: str, reason: str = "", *, tenant: str = DEFAULT_TENANT) -> None:
+        """Cancel run ``id`` and let it react (it may run compensation steps)."""
+        self.send(tenant, id, CancelWorkflow(reason), f"cancel/{tenant}/{id}")
+        await self.run_until_idle()
+
     async def run_until_idle(self) -> None:
         """Apply commands and run steps until nothing moves without the clock."""
         while True:
@@ -141,7 +160,7 @@ class TestDriver:
         """The run's result; raises :class:`RunFailed` if it failed, ``LookupError`` if it has not finished."""
         state = self.status(id, tenant=tenant)
         if state.error is not None:
-            raise RunFailed(state.key, state.error)
+            raise (RunCancelled if state.status is RunStatus.CANCELLED else RunFailed)(state.key, state.error)
         if state.result is None:
             raise LookupError(f"run {state.key} has not finished: it is {state.status.value}")
         return payload.decode(state.result, annotation)

@@ -26,7 +26,15 @@ from aiokafka.structs import ConsumerRecord
 
 from actors.actor import Actor
 from actors.commands import Command
-from actors.events import Event, StepScheduled, TimerCancelled, TimerScheduled, WorkflowCompleted, WorkflowFailed
+from actors.events import (
+    Event,
+    StepScheduled,
+    TimerCancelled,
+    TimerScheduled,
+    WorkflowCancelled,
+    WorkflowCompleted,
+    WorkflowFailed,
+)
 from actors.model import EntryKind, EntryState, RunState, RunStatus
 from actors.workflow import Registry
 from schemas.codec import CodecError
@@ -384,7 +392,7 @@ class Worker:
             elif isinstance(body, TimerCancelled):
                 tombstone = timer_key(command.key, body.timer_id).encode()
                 outputs.append(_Out(self.topics.timers, partition, tombstone, None, []))
-            elif isinstance(body, WorkflowCompleted | WorkflowFailed) and state is not None:
+            elif isinstance(body, WorkflowCompleted | WorkflowFailed | WorkflowCancelled) and state is not None:
                 done = Completion(
                     tenant=state.tenant,
                     workflow_id=state.workflow_id,

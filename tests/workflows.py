@@ -10,7 +10,16 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from actors import Context, Registry, RetryPolicy, TerminalError, Workflow, current_step
+from actors import (
+    Cancelled,
+    Context,
+    EventTimeout,
+    Registry,
+    RetryPolicy,
+    TerminalError,
+    Workflow,
+    current_step,
+)
 
 
 class Greeting(BaseModel):
@@ -124,3 +133,63 @@ async def run_sleeper(ctx: Context, seconds: float) -> dict[str, int]:
 
 
 app.add(sleeper)
+
+
+class Approval(BaseModel):
+    approver: str
+    ok: bool
+
+
+approval = Workflow("approval")
+
+
+@approval.main
+async def run_approval(ctx: Context, timeout_s: float) -> str:
+    try:
+        decision = await ctx.wait_for_event("approval", timeout=timedelta(seconds=timeout_s), type=Approval)
+    except EventTimeout:
+        return "timed out"
+    return f"{decision.approver}:{decision.ok}"
+
+
+collector = Workflow("collector")
+
+
+@collector.main
+async def run_collector(ctx: Context, count: int) -> list[int]:
+    return [await ctx.wait_for_event("item", type=int) for _ in range(count)]
+
+
+def reserve(order: str) -> str:
+    return f"reserved {order}"
+
+
+def release(order: str) -> str:
+    return f"released {order}"
+
+
+async def slow_step(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "slow done"
+
+
+cancellable = Workflow("cancellable")
+
+
+@cancellable.main
+async def run_cancellable(ctx: Context, mode: str) -> str:
+    reserved = await ctx.step("reserve", reserve, "o1")
+    try:
+        if mode == "step":
+            await ctx.step("slow", slow_step, 30.0)
+        else:
+            await ctx.sleep("nap", timedelta(hours=1))
+    except Cancelled:
+        await ctx.step("release", release, "o1")
+        raise
+    return reserved
+
+
+app.add(approval)
+app.add(collector)
+app.add(cancellable)

@@ -1,0 +1,1 @@
+"""Steady's benchmark harness: ``python -m bench`` (see ``bench/README.md``)."""
