@@ -16,8 +16,9 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from actors.errors import WorkflowDefinitionError
 from actors.policy import DEFAULT_RETRY, RetryPolicy
@@ -26,6 +27,24 @@ if TYPE_CHECKING:
     from actors.context import Context
 
 WorkflowFunction = Callable[["Context", Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """Start a run of a workflow for every record of a user topic.
+
+    Attributes:
+        topic: the topic to read.
+        id_from: ``"offset"``: the run id is ``topic-partition-offset``; ``"key"``: the record's key (UTF-8).
+            Either way, a record read again after a crash starts no second run.
+        tenant: the tenant of the runs it starts.
+        group: the consumer group (default ``<prefix>trigger.<workflow>.<topic>``).
+    """
+
+    topic: str
+    id_from: Literal["offset", "key"] = "offset"
+    tenant: str = "default"
+    group: str = ""
 
 
 class Workflow:
@@ -58,6 +77,7 @@ class Workflow:
         self._fn: WorkflowFunction | None = None
         self.input_type: Any = Any
         self.output_type: Any = Any
+        self.triggers: list[Trigger] = []
 
     def main(self, fn: WorkflowFunction) -> WorkflowFunction:
         """Decorate the workflow's ``async def fn(ctx, input)``; its input annotation decodes the input."""
@@ -72,6 +92,20 @@ class Workflow:
         self.output_type = hints.get("return", Any)
         self._fn = fn
         return fn
+
+    def trigger(
+        self, topic: str, *, id_from: Literal["offset", "key"] = "offset", tenant: str = "default", group: str = ""
+    ) -> Trigger:
+        """Start a run for every record of ``topic``; the record's value (JSON) is the input.
+
+        The worker reads the topic in its own consumer group and commits a record's offset only after its
+        start is durable in the inbox, so no record is skipped and none starts two runs.
+        """
+        if id_from not in ("offset", "key"):
+            raise WorkflowDefinitionError(f"id_from must be 'offset' or 'key', not {id_from!r}")
+        trigger = Trigger(topic, id_from, tenant, group)
+        self.triggers.append(trigger)
+        return trigger
 
     @property
     def fn(self) -> WorkflowFunction:

@@ -223,3 +223,15 @@ def event_type(value: bytes) -> str:
         _, pos = _varint_end(value, pos)
     index, _ = _varint_end(value, pos)
     return _BODIES[index]
+
+
+OFFSETS_TOPIC = "__consumer_offsets"
+
+
+async def transaction_markers(bootstrap: str) -> int:
+    """Transaction markers on Kafka's offsets topic so far.
+
+    A Steady worker commits its consumed offsets inside each transaction, so every transaction it commits
+    leaves exactly one marker there (on its group's partition); the difference of two readings counts them.
+    """
+    return (await count_topic(bootstrap, OFFSETS_TOPIC)).markers

@@ -7,6 +7,10 @@
     steady start TYPE --input JSON [--id ID] start a run (and wait for its result with --wait)
     steady status ID                        a run's status
     steady history ID                       a run's timeline
+    steady signal ID NAME [--payload JSON]  send a run an event
+    steady cancel ID [--reason TEXT]        cancel a run
+    steady completions [--group G]          follow terminal records (filter by --type, --status, --tenant)
+    steady dead-letters [resubmit P:O]      list dead letters, or send one again after a fix
     steady broker start|stop|status|fetch   a local single-node Kafka from Kafka's own jars
 
 Where Kafka is: ``--bootstrap``, else ``STEADY_KAFKA_BOOTSTRAP``, else the local broker started by
@@ -24,6 +28,7 @@ import os
 import signal
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +36,7 @@ from actors import Registry, RunFailed
 from streams.broker import KAFKA_VERSION, BrokerConfig, BrokerError, LocalBroker, ensure_jars
 from streams.client import Client
 from streams.settings import Settings
-from streams.timeline import format_status, format_timeline
+from streams.timeline import format_status, format_table, format_time, format_timeline, payload_text
 from streams.worker import Worker
 
 logger = logging.getLogger("steady")
@@ -153,6 +158,57 @@ async def _history(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _signal(args: argparse.Namespace) -> int:
+    async with Client(_bootstrap(args), prefix=args.prefix, tenant=args.tenant) as client:
+        await client.signal(args.id, args.name, _parse_input(args.payload), event_id=args.event_id)
+        print(f"sent {args.name!r} to {args.tenant}/{args.id}")
+    return 0
+
+
+async def _cancel(args: argparse.Namespace) -> int:
+    async with Client(_bootstrap(args), prefix=args.prefix, tenant=args.tenant) as client:
+        await client.cancel(args.id, args.reason)
+        print(f"asked {args.tenant}/{args.id} to cancel")
+    return 0
+
+
+async def _completions(args: argparse.Namespace) -> int:
+    async with Client(_bootstrap(args), prefix=args.prefix) as client:
+        async for done in client.completions(
+            tenant=args.tenant,
+            workflow_type=args.type,
+            status=args.status,
+            group_id=args.group,
+            from_beginning=args.from_beginning,
+        ):
+            detail = payload_text(done.result) if done.result is not None else str(done.error)
+            print(f"{done.key}  {done.workflow_type} v{done.version}  {done.status}  {detail}", flush=True)
+    return 0
+
+
+async def _dead_letters(args: argparse.Namespace) -> int:
+    async with Client(_bootstrap(args), prefix=args.prefix) as client:
+        if args.action == "resubmit":
+            partition, _, offset = (args.where or "").partition(":")
+            if not partition.isdigit() or not offset.isdigit():
+                raise SystemExit("steady: resubmit needs PARTITION:OFFSET, as `steady dead-letters` lists them")
+            letter = await client.resubmit(int(partition), int(offset))
+            print(f"resubmitted {args.where} to {letter.topic}")
+            return 0
+        rows = [
+            (
+                f"{p}:{o}",
+                format_time(letter.at_ms),
+                f"{letter.topic}[{letter.partition}]@{letter.offset}",
+                (letter.key or b"").decode(errors="replace"),
+                letter.reason,
+            )
+            for p, o, letter in await client.dead_letters()
+        ]
+        print(format_table(rows, ("letter", "time", "from", "key", "reason")) if rows else "no dead letters")
+    return 0
+
+
 async def _demo(bootstrap: str, settings: Settings, runs: int, serve: bool) -> None:
     from streams.examples import OrderRequest, app, orders  # noqa: PLC0415 - only the demo needs them
 
@@ -203,6 +259,60 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_commands(
+    sub: Any,
+    kafka_options: Callable[[argparse.ArgumentParser], None],
+    run_options: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    start = sub.add_parser("start", help="start a run")
+    run_options(start)
+    start.add_argument("workflow_type")
+    start.add_argument("--input", help="the input as JSON")
+    start.add_argument("--id", help="run id (default: a new UUID); an existing id starts no second run")
+    start.add_argument("--version", default="", help="code version (default: the newest)")
+    start.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the result and print it")
+    start.set_defaults(func=lambda a: asyncio.run(_start(a)))
+
+    status = sub.add_parser("status", help="a run's status")
+    run_options(status)
+    status.add_argument("id")
+    status.set_defaults(func=lambda a: asyncio.run(_status(a)))
+
+    history = sub.add_parser("history", help="a run's timeline")
+    run_options(history)
+    history.add_argument("id")
+    history.set_defaults(func=lambda a: asyncio.run(_history(a)))
+
+    signal_ = sub.add_parser("signal", help="send a run an event")
+    run_options(signal_)
+    signal_.add_argument("id")
+    signal_.add_argument("name")
+    signal_.add_argument("--payload", help="the event's payload as JSON")
+    signal_.add_argument("--event-id", help="id that de-duplicates resends (default: new)")
+    signal_.set_defaults(func=lambda a: asyncio.run(_signal(a)))
+
+    cancel = sub.add_parser("cancel", help="cancel a run")
+    run_options(cancel)
+    cancel.add_argument("id")
+    cancel.add_argument("--reason", default="cancelled from the command line")
+    cancel.set_defaults(func=lambda a: asyncio.run(_cancel(a)))
+
+    completions = sub.add_parser("completions", help="follow terminal records")
+    kafka_options(completions)
+    completions.add_argument("--tenant")
+    completions.add_argument("--type", help="only this workflow type")
+    completions.add_argument("--status", choices=["completed", "failed", "cancelled"])
+    completions.add_argument("--group", help="consumer group: resume where this group left off")
+    completions.add_argument("--from-beginning", action="store_true")
+    completions.set_defaults(func=lambda a: asyncio.run(_completions(a)))
+
+    dead = sub.add_parser("dead-letters", help="list dead letters, or resubmit one")
+    kafka_options(dead)
+    dead.add_argument("action", nargs="?", choices=["list", "resubmit"], default="list")
+    dead.add_argument("where", nargs="?", help="PARTITION:OFFSET of the letter to resubmit")
+    dead.set_defaults(func=lambda a: asyncio.run(_dead_letters(a)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``steady`` command."""
     parser = argparse.ArgumentParser(prog="steady", description="Durable workflows on Apache Kafka.")
@@ -240,24 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--state-dir", help="local state folder (default .steady/state)")
     worker.set_defaults(func=_cmd_worker)
 
-    start = sub.add_parser("start", help="start a run")
-    run_options(start)
-    start.add_argument("workflow_type")
-    start.add_argument("--input", help="the input as JSON")
-    start.add_argument("--id", help="run id (default: a new UUID); an existing id starts no second run")
-    start.add_argument("--version", default="", help="code version (default: the newest)")
-    start.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the result and print it")
-    start.set_defaults(func=lambda a: asyncio.run(_start(a)))
-
-    status = sub.add_parser("status", help="a run's status")
-    run_options(status)
-    status.add_argument("id")
-    status.set_defaults(func=lambda a: asyncio.run(_status(a)))
-
-    history = sub.add_parser("history", help="a run's timeline")
-    run_options(history)
-    history.add_argument("id")
-    history.set_defaults(func=lambda a: asyncio.run(_history(a)))
+    _add_run_commands(sub, kafka_options, run_options)
     return parser
 
 

@@ -29,7 +29,7 @@ from actors.events import Event
 from actors.model import DEFAULT_TENANT, RunState, run_key
 from actors.workflow import Workflow
 from streams.clock import WallClock
-from streams.records import COMMAND, COMPLETION, EVENT, STATE, Completion
+from streams.records import COMMAND, COMPLETION, DEAD_LETTER, EVENT, STATE, Completion, DeadLetter
 from streams.settings import Settings
 from streams.topics import Topics, ensure_topics
 
@@ -175,11 +175,20 @@ class Client:
         return RunHandle(self, tenant, workflow_id, workflow if isinstance(workflow, Workflow) else None)
 
     async def send(self, command: Command) -> None:
-        """Produce ``command`` to the inbox and wait until the broker has it."""
+        """Produce ``command`` to the inbox and wait until the broker has it.
+
+        Raises:
+            ValueError: the encoded command is larger than ``max_payload_bytes`` (workers would dead-letter it).
+        """
         producer = await self._connect()
+        value = COMMAND.encode(command)
+        if len(value) > self.settings.max_payload_bytes:
+            raise ValueError(
+                f"command of {len(value)} bytes exceeds the limit of {self.settings.max_payload_bytes} bytes"
+            )
         await producer.send_and_wait(
             self.topics.inbox,
-            COMMAND.encode(command),
+            value,
             key=command.key.encode(),
             partition=self._partition(command.key),
             headers=COMMAND.headers,
@@ -310,6 +319,54 @@ class Client:
                     yield done
         finally:
             await consumer.stop()
+
+    # -- dead letters ----------------------------------------------------------------------------------------
+
+    async def dead_letters(self) -> list[tuple[int, int, DeadLetter]]:
+        """Every dead letter as (partition, offset, letter), oldest first per partition."""
+        await self._connect()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap, isolation_level="read_committed", enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(self.topics.dead_letter, p) for p in range(self._partitions)]
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            for tp, offset in (await consumer.beginning_offsets(tps)).items():
+                consumer.seek(tp, offset)
+            out: list[tuple[int, int, DeadLetter]] = []
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                remaining = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
+                if not remaining:
+                    break
+                for tp, records in (await consumer.getmany(*remaining, timeout_ms=500)).items():
+                    out.extend(
+                        (tp.partition, r.offset, DEAD_LETTER.decode(r.value)) for r in records if r.offset < ends[tp]
+                    )
+            return sorted(out, key=lambda item: (item[2].at_ms, item[0], item[1]))
+        finally:
+            await consumer.stop()
+
+    async def resubmit(self, partition: int, offset: int) -> DeadLetter:
+        """Produce dead letter ``partition:offset``'s original record again to its topic (after a fix)."""
+        found = [letter for p, o, letter in await self.dead_letters() if (p, o) == (partition, offset)]
+        if not found:
+            raise LookupError(f"no dead letter at {partition}:{offset}")
+        letter = found[0]
+        if letter.value is None:
+            raise ValueError(f"dead letter {partition}:{offset} kept no value to resubmit")
+        producer = await self._connect()
+        target = self._partition(letter.key.decode()) if letter.key and letter.topic == self.topics.inbox else None
+        await producer.send_and_wait(
+            letter.topic,
+            letter.value,
+            key=letter.key,
+            partition=target if target is not None else letter.partition,
+            headers=[("steady.resubmitted-from", f"{partition}:{offset}".encode())],
+        )
+        return letter
 
     # -- reading state and history ---------------------------------------------------------------------------
 

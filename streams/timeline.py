@@ -7,7 +7,11 @@ from datetime import UTC, datetime
 
 from actors import payload
 from actors.events import (
+    CancelRequested,
     Event,
+    EventAwaited,
+    EventDelivered,
+    EventReceived,
     SleepStarted,
     StepAttemptFailed,
     StepCompleted,
@@ -17,6 +21,8 @@ from actors.events import (
     TimerFired,
     TimerScheduled,
     ValueRecorded,
+    WaitTimedOut,
+    WorkflowCancelled,
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowStarted,
@@ -24,6 +30,16 @@ from actors.events import (
 )
 from actors.model import EntryKind, RunState
 from actors.payload import Payload
+
+
+def format_time(ms: int) -> str:
+    """Epoch milliseconds as a UTC time for people."""
+    return _time(ms)
+
+
+def payload_text(data: Payload, limit: int = 200) -> str:
+    """A payload shortened for a line of output."""
+    return _short(data, limit)
 
 
 def _time(ms: int) -> str:
@@ -77,6 +93,17 @@ def timeline(events: list[Event]) -> list[tuple[str, str, str, str, str, str]]:
                 detail = f"{body.timer.purpose.value} {body.timer.id}, {body.late_ms} ms late"
             case TimerCancelled():
                 detail = body.timer_id
+            case EventAwaited():
+                step = body.name
+                detail = f"timeout {body.timeout_ms} ms" if body.timeout_ms else "no timeout"
+            case EventReceived():
+                step, detail = body.name, f"kept: {_short(body.payload)}"
+            case EventDelivered():
+                step, detail = body.name, _short(body.payload)
+            case WaitTimedOut():
+                step = body.name
+            case CancelRequested() | WorkflowCancelled():
+                detail = body.reason
         rows.append((_time(event.at_ms), type(body).__name__, step, attempt, duration, detail))
     return rows
 

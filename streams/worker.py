@@ -58,8 +58,12 @@ from streams.settings import Settings
 from streams.store import RunStore
 from streams.timers import TimerService
 from streams.topics import Topics, ensure_topics
+from streams.trigger import TriggerRunner
 
 logger = logging.getLogger(__name__)
+
+DEAD_LETTER_KEEP_BYTES = 512 * 1024
+"""Original bytes kept in a dead letter at most (a record must still fit under the broker's size limit)."""
 
 
 @dataclass(slots=True)
@@ -125,6 +129,7 @@ class Worker:
         self._reports: AIOKafkaProducer | None = None
         self._executor: StepExecutor | None = None
         self.applied = 0
+        self._failure: BaseException | None = None
 
     # -- life cycle ----------------------------------------------------------------------------------------
 
@@ -172,14 +177,31 @@ class Worker:
     async def run(self) -> None:
         """Start, then process records until :meth:`stop` is called or the task is cancelled."""
         await self.start()
-        timers = asyncio.create_task(self.timers.run(), name="steady timers")
+        background = [asyncio.create_task(self.timers.run(), name="steady timers")]
+        background += [
+            asyncio.create_task(TriggerRunner(w, t, self.settings, self.clock).run(), name=f"trigger {t.topic}")
+            for w in self.registry
+            for t in w.triggers
+        ]
+        for task in background:
+            task.add_done_callback(self._background_ended)
         try:
             await self._loop()
         finally:
-            timers.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await timers
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await self.close()
+        if self._failure is not None:
+            raise self._failure
+
+    def _background_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # The timer service or a trigger died: stop the worker rather than run on without it.
+        logger.error("%s failed; stopping the worker", task.get_name(), exc_info=task.exception())
+        self._failure = task.exception()
+        self.stop()
 
     async def _loop(self) -> None:
         assert self._consumer is not None
@@ -332,6 +354,11 @@ class Worker:
         if record.key is None:
             outputs.append(self._dead_letter(record, "inbox record without a key"))
             return
+        if record.value is None or len(record.value) > self.settings.max_payload_bytes:
+            size = 0 if record.value is None else len(record.value)
+            limit = self.settings.max_payload_bytes
+            outputs.append(self._dead_letter(record, f"record of {size} bytes exceeds the limit of {limit} bytes"))
+            return
         partition = self.partition_of(record.key)
         if partition != record.partition:
             # A producer with another partitioner (librdkafka's default is CRC32): route it to its run's owner.
@@ -410,8 +437,12 @@ class Worker:
 
     def _dead_letter(self, record: ConsumerRecord, reason: str) -> _Out:
         logger.warning("dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
+        value = record.value
+        if value is not None and len(value) > DEAD_LETTER_KEEP_BYTES:
+            reason = f"{reason} (original truncated to {DEAD_LETTER_KEEP_BYTES} of {len(value)} bytes)"
+            value = value[:DEAD_LETTER_KEEP_BYTES]
         letter = DeadLetter(
-            record.topic, record.partition, record.offset, record.key, record.value, reason, self.clock.now_ms()
+            record.topic, record.partition, record.offset, record.key, value, reason, self.clock.now_ms()
         )
         partition = self.partition_of(record.key) if record.key is not None else record.partition % self._partitions
         return _Out(self.topics.dead_letter, partition, record.key, DEAD_LETTER.encode(letter), DEAD_LETTER.headers)

@@ -193,3 +193,26 @@ async def run_cancellable(ctx: Context, mode: str) -> str:
 app.add(approval)
 app.add(collector)
 app.add(cancellable)
+
+
+late_waiter = Workflow("late_waiter")
+
+
+@late_waiter.main
+async def run_late_waiter(ctx: Context, seconds: float) -> str:
+    await ctx.sleep("first", timedelta(seconds=seconds))
+    return str(await ctx.wait_for_event("go"))
+
+
+ticket = Workflow("ticket")
+ticket.trigger(os.environ.get("STEADY_TEST_TRIGGER_TOPIC", "tickets.opened"), id_from="offset")
+
+
+@ticket.main
+async def run_ticket(ctx: Context, body: dict[str, object]) -> str:
+    return await ctx.step("route", shout, str(body.get("subject", "")))
+
+
+app.add(late_waiter)
+trigger_app = Registry([ticket])
+"""A separate registry, so that only the trigger tests run a trigger consumer."""
