@@ -8,7 +8,6 @@ of the worker process and the broker JVM, and their CPU use over ``w3_cpu_window
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -64,5 +63,4 @@ async def run(env: Env) -> dict[str, Any]:
         "busy_cpu": during,
         "worker_state_mb": state_mb,
         "broker_data_mb": _disk_mb(env.broker.home / "data"),
-        "client_pid": os.getpid(),
     }

@@ -52,7 +52,8 @@ async def test_each_kind_of_bad_input_is_dead_lettered_and_the_partition_moves_o
         assert "undecodable command: not an Avro single-object encoding (missing C3 01 marker)" == reasons[0]
         assert "unknown workflow type 'no-such-workflow'" == reasons[1]
         assert "no run default/good-1 exists for SendEvent" == reasons[2]
-        assert reasons[3].startswith("record of ") and reasons[3].endswith("exceeds the limit of 4096 bytes")
+        assert reasons[3].startswith("record of ")
+        assert reasons[3].endswith("exceeds the limit of 4096 bytes")
         assert [b"\x00not avro at all", COMMAND.encode(unknown_type)] == [letters[0][2].value, letters[1][2].value]
         assert all(letter.key == key for _, _, letter in letters)
         assert "running" == state.status.value

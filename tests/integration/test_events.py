@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 from pathlib import Path
 
@@ -70,7 +69,8 @@ async def test_a_plain_kafka_producer_with_no_steady_code_starts_a_run(
 ) -> None:
     producer = [sys.executable, str(HERE / "plain_producer.py"), settings.bootstrap, settings.prefix]
     for _ in range(2):  # the same start twice: one run
-        subprocess.run([*producer, "chain", "plain-1", '{"name": "polyglot"}'], check=True, timeout=60)
+        proc = await asyncio.create_subprocess_exec(*producer, "chain", "plain-1", '{"name": "polyglot"}')
+        assert 0 == await asyncio.wait_for(proc.wait(), 60)
 
     assert "HELLO POLYGLOT" == (await client.handle("plain-1").result(timeout=60))["text"]
     runs = await histories(settings.bootstrap, settings.prefix)
