@@ -102,3 +102,32 @@ async def order(ctx: Context, req: OrderRequest) -> Receipt:
 
 app = Registry([orders])
 """What ``steady worker --app streams.examples:app`` serves."""
+
+
+async def fulfilment_backend(
+    bootstrap: str | None = None, *, prefix: str | None = None, group: str = "fulfilment", limit: int = 0
+) -> int:
+    """An example backend that reacts to every finished order, in its own consumer group.
+
+    Several copies share the work; a restarted one resumes after the last completion its group received.
+    Returns how many completions it handled (it stops after ``limit`` when ``limit`` > 0).
+    """
+    from streams.client import Client  # noqa: PLC0415 - keeps the workflow module free of the client
+
+    handled = 0
+    async with Client(bootstrap, prefix=prefix) as client:
+        async for done in client.completions(workflow_type="order", group_id=group):
+            if done.status == "completed" and done.result is not None:
+                receipt = Receipt.model_validate_json(done.result.data)
+                logger.info("fulfilment: ship %s, tracking %s", receipt.order_id, receipt.tracking)
+            else:
+                logger.warning("fulfilment: order run %s ended %s: %s", done.key, done.status, done.error)
+            handled += 1
+            if limit and handled >= limit:
+                break
+    return handled
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    asyncio.run(fulfilment_backend())

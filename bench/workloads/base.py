@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -15,6 +16,7 @@ from actors import Workflow
 from bench.procs import WorkerProcess, broker_pid
 from streams.broker import LocalBroker
 from streams.client import Client, RunHandle
+from streams.settings import Settings, env_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,16 @@ class Env:
     def broker_pid(self) -> int:
         """The broker JVM's pid."""
         return broker_pid(self.broker)
+
+    def worker_settings(self) -> dict[str, Any]:
+        """The settings workers run with (``STEADY_*`` of this process and ``worker_env``, else defaults)."""
+        values = {
+            name: value
+            for name in Settings.model_fields
+            if (value := self.worker_env.get(env_name(name)) or os.environ.get(env_name(name)))
+        }
+        settings = Settings.model_validate({"worker_id": "bench", **values})
+        return settings.model_dump(mode="json", exclude={"bootstrap", "prefix", "state_dir", "worker_id"})
 
     def prefix(self, label: str) -> str:
         """A topic prefix nothing else uses."""
