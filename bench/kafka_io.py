@@ -155,8 +155,9 @@ class Tail:
                 await self._task
 
     async def _run(self) -> None:
-        while not (parts := await partitions_of(self.bootstrap, self.topic)):
-            await asyncio.sleep(0.5)
+        parts = await partitions_of(self.bootstrap, self.topic)
+        if not parts:
+            raise RuntimeError(f"topic {self.topic} does not exist; start the worker or client first")
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, isolation_level="read_committed", enable_auto_commit=False
         )

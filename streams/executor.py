@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from actors.commands import Command, CompleteStep, FailStep
 from actors.context import StepInfo
@@ -21,6 +22,9 @@ from streams.records import COMMAND, StepTask
 from streams.steps import StepError, run_step
 
 logger = logging.getLogger(__name__)
+
+TIMEOUT_GRACE_S = 1.0
+"""How long past its timeout the executor still waits for an attempt before freeing its slot."""
 
 
 class StepExecutor:
@@ -68,33 +72,53 @@ class StepExecutor:
                         task.attempt,
                     )
                     return
-                started = self._clock.now_ms()
-                info = StepInfo(task.idempotency_key, task.attempt, task.tenant, task.workflow_id, task.name)
-                outcome = await run_step(task.function, task.args, info, self._pool)
-                self.executed += 1
-                body = (
-                    FailStep(task.seq, task.attempt, outcome.error, started, outcome.retry_after_ms)
-                    if isinstance(outcome, StepError)
-                    else CompleteStep(task.seq, task.attempt, outcome, started)
-                )
-                command = Command(
-                    id=f"{task.idempotency_key}#{task.attempt}",
-                    tenant=task.tenant,
-                    workflow_id=task.workflow_id,
-                    at_ms=self._clock.now_ms(),
-                    body=body,
-                )
-                await self._producer.send_and_wait(
-                    self._inbox, key=task.key.encode(), value=COMMAND.encode(command), headers=COMMAND.headers
-                )
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # Reporting failed (the broker is gone): the task is read again by whoever owns it next.
-            logger.exception("step %s attempt %d could not be reported", task.idempotency_key, task.attempt)
-            return
+                command = await self._attempt(task)
+            if command is not None:
+                await self._report(task, command)
         finally:
             done()
+
+    async def _attempt(self, task: StepTask) -> Command | None:
+        started = self._clock.now_ms()
+        info = StepInfo(task.idempotency_key, task.attempt, task.tenant, task.workflow_id, task.name)
+        attempt = run_step(task.function, task.args, info, self._pool)
+        if task.timeout_ms:
+            # Past its timeout the actor has failed this attempt: stop waiting and free the slot (an async step is
+            # cancelled; a sync one cannot be, and finishes in its thread unheard).
+            try:
+                outcome = await asyncio.wait_for(attempt, task.timeout_ms / 1000 + TIMEOUT_GRACE_S)
+            except TimeoutError:
+                logger.warning("step %s attempt %d outlived its timeout", task.idempotency_key, task.attempt)
+                return None
+        else:
+            outcome = await attempt
+        self.executed += 1
+        body = (
+            FailStep(task.seq, task.attempt, outcome.error, started, outcome.retry_after_ms)
+            if isinstance(outcome, StepError)
+            else CompleteStep(task.seq, task.attempt, outcome, started)
+        )
+        return Command(
+            id=f"{task.idempotency_key}#{task.attempt}",
+            tenant=task.tenant,
+            workflow_id=task.workflow_id,
+            at_ms=self._clock.now_ms(),
+            body=body,
+        )
+
+    async def _report(self, task: StepTask, command: Command) -> None:
+        """Send the outcome to the inbox, retrying while the broker is away: a lost report would hang the run."""
+        backoff = 0.1
+        while True:
+            try:
+                await self._producer.send_and_wait(
+                    self._inbox, COMMAND.encode(command), key=task.key.encode(), headers=COMMAND.headers
+                )
+                return
+            except (KafkaError, TimeoutError, OSError) as exc:
+                logger.warning("reporting step %s failed (%s); retrying in %.1fs", task.idempotency_key, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(5.0, backoff * 2)
 
     async def stop(self) -> None:
         """Cancel running steps (their tasks are read again by the next owner) and release the threads."""

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaError
 from rocksdict import Options, Rdict, WriteBatch
 
 from actors.commands import Command, FireTimer
@@ -212,14 +213,23 @@ class TimerService:
                 self._wake.set()
 
     async def _fire_due(self) -> None:
+        backoff = 0.1
         while True:
             now = self.clock.now_ms()
             fired = 0
-            for partition in sorted(self.owned):
-                due = self.store.due(partition, now, self.max_batch)
-                if due:
-                    await self._fire(partition, due)
-                    fired += len(due)
+            try:
+                for partition in sorted(self.owned):
+                    due = self.store.due(partition, now, self.max_batch)
+                    if due:
+                        await self._fire(partition, due)
+                        fired += len(due)
+                backoff = 0.1
+            except (KafkaError, TimeoutError, OSError) as exc:
+                # The due timers stay in the store and fire when the broker is back.
+                logger.warning("firing timers failed (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(5.0, backoff * 2)
+                continue
             if fired:
                 continue
             heads = [d for d in (self.store.next_due(p) for p in self.owned) if d is not None]

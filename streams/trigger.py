@@ -14,6 +14,7 @@ import json
 import logging
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
@@ -62,13 +63,25 @@ class TriggerRunner:
         try:
             self._partitions = len(await producer.partitions_for(self.topics.inbox))
             logger.info("trigger %s -> %s in group %s", self.trigger.topic, self.workflow.name, self.group)
+            backoff = 0.1
             while True:
                 batch = await consumer.getmany(timeout_ms=500, max_records=500)
                 if not batch:
                     continue
-                sent = [await self._start(producer, record) for records in batch.values() for record in records]
-                await asyncio.gather(*sent)  # durable in the inbox (acks=all) before the offsets move
-                await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+                try:
+                    sent = [await self._start(producer, record) for records in batch.values() for record in records]
+                    await asyncio.gather(*sent)  # durable in the inbox (acks=all) before the offsets move
+                    await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+                    backoff = 0.1
+                except (KafkaError, TimeoutError, OSError) as exc:
+                    # Read the batch again: starts are idempotent, so resending those that went through is harmless.
+                    for tp, records in batch.items():
+                        consumer.seek(tp, records[0].offset)
+                    logger.warning(
+                        "trigger batch on %s failed (%s); retrying in %.1fs", self.trigger.topic, exc, backoff
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(5.0, backoff * 2)
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
@@ -137,16 +138,8 @@ class Worker:
         """Create missing topics, join the workers' group and start the step executor."""
         s = self.settings
         await ensure_topics(s)
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap,
-            transactional_id=f"{s.prefix}worker-{s.worker_id}",
-            transaction_timeout_ms=s.transaction_timeout_ms,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=2,
-        )
+        self._producer = await self._transactional_producer()
         self._reports = AIOKafkaProducer(bootstrap_servers=s.bootstrap, enable_idempotence=True, acks="all")
-        await self._producer.start()
         await self._reports.start()
         self._executor = StepExecutor(
             self._reports,
@@ -173,6 +166,25 @@ class Worker:
         self._partitions = len(self._consumer.partitions_for_topic(self.topics.inbox) or ()) or s.partitions
         self._consumer.subscribe([self.topics.inbox, self.topics.tasks], listener=_Rebalance(self))
         logger.info("worker %s joined group %s on %s", s.worker_id, s.group, s.bootstrap)
+
+    async def _transactional_producer(self) -> AIOKafkaProducer:
+        """A producer with the worker's stable transactional id; starting it fences any earlier incarnation."""
+        s = self.settings
+        producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap,
+            transactional_id=f"{s.prefix}worker-{s.worker_id}",
+            transaction_timeout_ms=s.transaction_timeout_ms,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=2,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
+        return producer
 
     async def run(self) -> None:
         """Start, then process records until :meth:`stop` is called or the task is cancelled."""
@@ -206,12 +218,25 @@ class Worker:
     async def _loop(self) -> None:
         assert self._consumer is not None
         last_commit = time.monotonic()
+        backoff = 0.0
         while not self._stopping.is_set():
             batch = await self._consumer.getmany(timeout_ms=200, max_records=self.settings.max_batch)
             self._flow_control()
             idle_commit = time.monotonic() - last_commit > 1.0
-            if (batch or idle_commit) and await self._process(batch, commit_idle=idle_commit):
-                last_commit = time.monotonic()
+            if not (batch or idle_commit):
+                continue
+            try:
+                if await self._process(batch, commit_idle=idle_commit):
+                    last_commit = time.monotonic()
+                backoff = 0.0
+            except ProducerFenced:
+                logger.error("another worker runs with id %s: this one stops", self.settings.worker_id)
+                raise
+            except (KafkaError, TimeoutError, OSError) as exc:
+                # The broker is away or restarting: the batch was rolled back and will be read again.
+                backoff = min(5.0, max(0.25, backoff * 2))
+                logger.warning("batch not committed (%s); retrying in %.2fs", exc, backoff)
+                await asyncio.sleep(backoff)
 
     def stop(self) -> None:
         """Ask the worker to finish its current batch and leave the group."""
@@ -447,6 +472,22 @@ class Worker:
         partition = self.partition_of(record.key) if record.key is not None else record.partition % self._partitions
         return _Out(self.topics.dead_letter, partition, record.key, DEAD_LETTER.encode(letter), DEAD_LETTER.headers)
 
+    async def _roll_back(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Abort the open transaction (or replace the producer if it cannot) and rewind the batch's inbox reads."""
+        assert self._consumer is not None
+        for tp, records in batch.items():
+            if tp.topic == self.topics.inbox and tp in self._consumer.assignment():
+                self._consumer.seek(tp, records[0].offset)
+        if self._producer is None:
+            return
+        try:
+            await self._producer.abort_transaction()
+        except Exception:
+            logger.warning("could not abort the transaction; the producer is replaced", exc_info=True)
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+            self._producer = None  # a new one (same transactional id) is made before the next batch
+
     async def _commit(
         self,
         outputs: list[_Out],
@@ -454,8 +495,9 @@ class Worker:
         offsets: dict[TopicPartition, int],
         batch: dict[TopicPartition, list[ConsumerRecord]],
     ) -> None:
-        assert self._producer is not None
         assert self._consumer is not None
+        if self._producer is None:
+            self._producer = await self._transactional_producer()
         encoded = {key: (partition, STATE.encode(state)) for key, (partition, state) in states.items()}
         producer = self._producer
         await producer.begin_transaction()
@@ -471,13 +513,8 @@ class Worker:
             if offsets:
                 await producer.send_offsets_to_transaction(offsets, self.settings.group)
             await producer.commit_transaction()
-        except Exception:
-            logger.exception("transaction failed; the batch will be read again")
-            with contextlib.suppress(Exception):
-                await producer.abort_transaction()
-            for tp, records in batch.items():
-                if tp.topic == self.topics.inbox and tp in self._consumer.assignment():
-                    self._consumer.seek(tp, records[0].offset)
+        except BaseException:
+            await self._roll_back(batch)
             raise
         # Committed: the local copy follows, with the changelog position it now reflects.
         by_partition: dict[int, tuple[list[tuple[str, bytes | None]], int]] = {}

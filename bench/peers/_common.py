@@ -117,6 +117,7 @@ def wait_port(port: int, timeout: float = 60.0, proc: Any = None) -> None:
 
 # ---------------------------------------------------------------- process measurement (psutil)
 
+
 def process_tree(pid: int) -> List[Any]:
     import psutil
 
@@ -255,8 +256,16 @@ def pkg_version(name: str) -> Optional[str]:
         return None
 
 
-def write_result(out: str, system: str, workload: str, metrics: Dict[str, Any], versions: Dict[str, Any],
-                 durability: str, command: str, extra: Optional[Dict[str, Any]] = None) -> None:
+def write_result(
+    out: str,
+    system: str,
+    workload: str,
+    metrics: Dict[str, Any],
+    versions: Dict[str, Any],
+    durability: str,
+    command: str,
+    extra: Optional[Dict[str, Any]] = None,
+) -> None:
     doc: Dict[str, Any] = {
         "system": system,
         "workload": workload,

@@ -30,11 +30,15 @@ from typing import Any, Dict, List, Optional  # noqa: E402
 PG_USER = "postgres"  # initdb/postgres refuse to run as root; the Debian package creates this user
 
 DURABILITY = {
-    "sqlite": ("DBOS system database in SQLite (DBOS defaults: rollback journal, journal_mode=delete), "
-               "PRAGMA synchronous=FULL: every commit is fsynced (journal and database file)."),
-    "postgres": ("DBOS system database in a private PostgreSQL 15 cluster with its defaults: fsync=on, "
-                 "synchronous_commit=on, full_page_writes=on, wal_sync_method=fdatasync: every commit is "
-                 "fsynced to the WAL before it returns."),
+    "sqlite": (
+        "DBOS system database in SQLite (DBOS defaults: rollback journal, journal_mode=delete), "
+        "PRAGMA synchronous=FULL: every commit is fsynced (journal and database file)."
+    ),
+    "postgres": (
+        "DBOS system database in a private PostgreSQL 15 cluster with its defaults: fsync=on, "
+        "synchronous_commit=on, full_page_writes=on, wal_sync_method=fdatasync: every commit is "
+        "fsynced to the WAL before it returns."
+    ),
 }
 
 
@@ -66,12 +70,41 @@ class Postgres:
         if os.geteuid() == 0:
             pw = pwd.getpwnam(PG_USER)
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
-        as_pg([str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
-               "-E", "UTF8", "--no-locale"], stdout=subprocess.DEVNULL)
-        opts = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-                f"-c fsync=on -c synchronous_commit=on -c full_page_writes=on")
-        as_pg([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "postgres.log"),
-               "-o", opts, "-w", "-t", "60", "start"], stdout=subprocess.DEVNULL)
+        as_pg(
+            [
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        opts = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+            f"-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+        )
+        as_pg(
+            [
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.root / "postgres.log"),
+                "-o",
+                opts,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         self.postmaster_pid = int((self.data / "postmaster.pid").read_text().split()[0])
         C.log(f"postgres up on 127.0.0.1:{self.port} (pid {self.postmaster_pid}, data {self.data})")
 
@@ -84,16 +117,25 @@ class Postgres:
 
         with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres") as con:
             out = {}
-            for k in ("server_version", "fsync", "synchronous_commit", "full_page_writes", "wal_sync_method",
-                      "shared_buffers", "max_connections"):
+            for k in (
+                "server_version",
+                "fsync",
+                "synchronous_commit",
+                "full_page_writes",
+                "wal_sync_method",
+                "shared_buffers",
+                "max_connections",
+            ):
                 out[k] = con.execute(f"SHOW {k}").fetchone()[0]
             return out
 
     def stop(self) -> None:
         if self.data.exists():
             try:
-                as_pg([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop"],
-                      stdout=subprocess.DEVNULL)
+                as_pg(
+                    [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop"],
+                    stdout=subprocess.DEVNULL,
+                )
             except subprocess.CalledProcessError as e:
                 C.log(f"pg_ctl stop failed: {e}")
 
@@ -139,8 +181,11 @@ def main() -> None:
     system = f"dbos-{args.backend}"
     run_dir = C.RUNS / f"{system}-{args.workload}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    versions: Dict[str, Any] = {"dbos": C.pkg_version("dbos"), "sqlalchemy": C.pkg_version("sqlalchemy"),
-                                "python": sys.version.split()[0]}
+    versions: Dict[str, Any] = {
+        "dbos": C.pkg_version("dbos"),
+        "sqlalchemy": C.pkg_version("sqlalchemy"),
+        "python": sys.version.split()[0],
+    }
     machine = C.machine_info()
     pg: Optional[Postgres] = None
     app: Optional[subprocess.Popen] = None
@@ -165,8 +210,15 @@ def main() -> None:
         acmd = [str(C.VENV_PY), "-m", "bench.peers.dbos_app", args.workload, "--db-url", url]
         if args.quick:
             acmd.append("--quick")
-        app = subprocess.Popen(acmd, env=env, cwd=str(run_dir), start_new_session=True,
-                               stdout=subprocess.PIPE, stderr=open(run_dir / "app.log", "wb"), text=True)
+        app = subprocess.Popen(
+            acmd,
+            env=env,
+            cwd=str(run_dir),
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=open(run_dir / "app.log", "wb"),
+            text=True,
+        )
         launched = read_event(app, "launched", 300)
         settings.update({k: v for k, v in launched.items() if k.startswith("sqlite_")})
         groups: Dict[str, List[int]] = {"dbos app (python)": [app.pid]}
@@ -178,16 +230,22 @@ def main() -> None:
         else:
             ev = read_event(app, "parked", 7200)
             t_parked = time.monotonic()
-            metrics = {"runs": ev["runs"], "start_s": ev["start_s"], "start_calls_s": ev["start_calls_s"],
-                       "start_concurrency": C.START_CONCURRENCY,
-                       "parked_means": "every run has checkpointed its DBOS.sleep row in operation_outputs "
-                                       "(polled every 0.25 s)"}
+            metrics = {
+                "runs": ev["runs"],
+                "start_s": ev["start_s"],
+                "start_calls_s": ev["start_calls_s"],
+                "start_concurrency": C.START_CONCURRENCY,
+                "parked_means": "every run has checkpointed its DBOS.sleep row in operation_outputs "
+                "(polled every 0.25 s)",
+            }
             C.log(f"W3: all {ev['runs']} parked after {ev['start_s']}s; measuring in {C.W3_SETTLE_S:.0f}s")
             time.sleep(max(0.0, t_parked + C.W3_SETTLE_S - time.monotonic()))
             pids = C.all_pids([p for g in groups.values() for p in g])
             metrics.update(C.measure_processes(groups))
             metrics["measured_after_park_s"] = C.W3_SETTLE_S
-            metrics["client"] = "in-process DBOS.start_workflow_async (<=64 in flight); async workflow, DBOS.sleep_async"
+            metrics["client"] = (
+                "in-process DBOS.start_workflow_async (<=64 in flight); async workflow, DBOS.sleep_async"
+            )
     finally:
         if app is not None:
             pids += C.all_pids([app.pid])
@@ -205,9 +263,16 @@ def main() -> None:
             pg.cleanup()
         for f in run_dir.glob("dbos_sys.sqlite*"):
             f.unlink()
-    C.write_result(out, system, args.workload, metrics, versions, DURABILITY[args.backend], cmd,
-                   extra={"settings": settings, "machine": machine, "leftover_processes": left,
-                          "logs": str(run_dir)})
+    C.write_result(
+        out,
+        system,
+        args.workload,
+        metrics,
+        versions,
+        DURABILITY[args.backend],
+        cmd,
+        extra={"settings": settings, "machine": machine, "leftover_processes": left, "logs": str(run_dir)},
+    )
 
 
 if __name__ == "__main__":

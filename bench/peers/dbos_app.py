@@ -107,8 +107,10 @@ async def w1(quick: bool) -> Dict[str, Any]:
     met = C.w1_metrics(rates, lats)
     met["saturated_runs_per_repeat"] = C.W1_SAT_N[m]
     met["start_concurrency"] = C.START_CONCURRENCY
-    met["client"] = ("in-process (DBOS is a library): DBOS.start_workflow_async (<=64 in flight), "
-                     "then handle.get_result(); async workflow and steps")
+    met["client"] = (
+        "in-process (DBOS is a library): DBOS.start_workflow_async (<=64 in flight), "
+        "then handle.get_result(); async workflow and steps"
+    )
     return met
 
 
@@ -175,7 +177,8 @@ def main() -> None:
         eng = sa.create_engine(args.db_url)  # same connect hook as DBOS's engine
         with eng.connect() as c:
             info["sqlite_synchronous"] = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[
-                c.exec_driver_sql("PRAGMA synchronous").scalar()]
+                c.exec_driver_sql("PRAGMA synchronous").scalar()
+            ]
         eng.dispose()
     emit(event="launched", pid=os.getpid(), **info)
     if args.workload == "W1":

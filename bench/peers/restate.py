@@ -62,19 +62,42 @@ class RestateSystem:
             RESTATE_ADMIN__BIND_ADDRESS=f"127.0.0.1:{self.admin_port}",
             RESTATE_LOG_DISABLE_ANSI_CODES="true",
         )
-        cmd = [str(C.RESTATE_BIN), "--no-logo", "--base-dir", os.path.join(self.run_dir, "data"),
-               "--node-name", "bench", "--listen-mode", "tcp",
-               "--bind-address", f"127.0.0.1:{self.node_port}"]
-        self.server = subprocess.Popen(cmd, env=env, cwd=self.run_dir, start_new_session=True,
-                                       stdout=open(os.path.join(self.run_dir, "server.log"), "wb"),
-                                       stderr=subprocess.STDOUT)
+        cmd = [
+            str(C.RESTATE_BIN),
+            "--no-logo",
+            "--base-dir",
+            os.path.join(self.run_dir, "data"),
+            "--node-name",
+            "bench",
+            "--listen-mode",
+            "tcp",
+            "--bind-address",
+            f"127.0.0.1:{self.node_port}",
+        ]
+        self.server = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=self.run_dir,
+            start_new_session=True,
+            stdout=open(os.path.join(self.run_dir, "server.log"), "wb"),
+            stderr=subprocess.STDOUT,
+        )
         senv = dict(os.environ)
         senv["PYTHONPATH"] = str(C.ROOT)
-        scmd = [str(C.VENV / "bin" / "hypercorn"), "--bind", f"127.0.0.1:{self.svc_port}",
-                "bench.peers.restate_service:app"]
-        self.service = subprocess.Popen(scmd, env=senv, cwd=str(C.ROOT), start_new_session=True,
-                                        stdout=open(os.path.join(self.run_dir, "service.log"), "wb"),
-                                        stderr=subprocess.STDOUT)
+        scmd = [
+            str(C.VENV / "bin" / "hypercorn"),
+            "--bind",
+            f"127.0.0.1:{self.svc_port}",
+            "bench.peers.restate_service:app",
+        ]
+        self.service = subprocess.Popen(
+            scmd,
+            env=senv,
+            cwd=str(C.ROOT),
+            start_new_session=True,
+            stdout=open(os.path.join(self.run_dir, "service.log"), "wb"),
+            stderr=subprocess.STDOUT,
+        )
         C.wait_port(self.admin_port, 120, self.server)
         C.wait_port(self.ingress_port, 120, self.server)
         C.wait_port(self.svc_port, 60, self.service)
@@ -121,8 +144,7 @@ class RestateSystem:
         return left
 
     async def query(self, client: Any, sql: str) -> List[Dict[str, Any]]:
-        async with client.post(f"{self.admin}/query", json={"query": sql},
-                               headers={"accept": "application/json"}) as r:
+        async with client.post(f"{self.admin}/query", json={"query": sql}, headers={"accept": "application/json"}) as r:
             r.raise_for_status()
             return (await r.json())["rows"]
 
@@ -182,8 +204,10 @@ async def _w1(sysm: RestateSystem, quick: bool) -> Dict[str, Any]:
         met = C.w1_metrics(rates, lats)
         met["saturated_runs_per_repeat"] = C.W1_SAT_N[m]
         met["start_concurrency"] = C.START_CONCURRENCY
-        met["client"] = ("aiohttp in a separate process: POST /Chain/{key}/run/send (<=64 in flight), then "
-                         "GET /restate/workflow/Chain/{key}/attach; closed loop: POST /Chain/{key}/run")
+        met["client"] = (
+            "aiohttp in a separate process: POST /Chain/{key}/run/send (<=64 in flight), then "
+            "GET /restate/workflow/Chain/{key}/attach; closed loop: POST /Chain/{key}/run"
+        )
         return met
 
 
@@ -216,12 +240,19 @@ async def _w3(sysm: RestateSystem, quick: bool) -> Tuple[Dict[str, Any], float]:
                 raise TimeoutError(f"only {parked}/{n} parked")
             await asyncio.sleep(0.25)
         t_parked = time.perf_counter() - t0
-        rows = await sysm.query(client, "SELECT status, count(*) AS n FROM sys_invocation WHERE target_service_name = 'Sleeper' GROUP BY status")
+        rows = await sysm.query(
+            client,
+            "SELECT status, count(*) AS n FROM sys_invocation WHERE target_service_name = 'Sleeper' GROUP BY status",
+        )
         C.log(f"W3: all {n} parked after {t_parked:.2f}s; invocation states {rows}")
-        met = {"runs": n, "start_s": round(t_parked, 2), "start_calls_s": round(t_sent, 2),
-               "start_concurrency": C.START_CONCURRENCY,
-               "parked_means": "the Sleep command is in the journal of every run (admin SQL sys_journal, polled every 0.25 s)",
-               "states_at_park": rows}
+        met = {
+            "runs": n,
+            "start_s": round(t_parked, 2),
+            "start_calls_s": round(t_sent, 2),
+            "start_concurrency": C.START_CONCURRENCY,
+            "parked_means": "the Sleep command is in the journal of every run (admin SQL sys_journal, polled every 0.25 s)",
+            "states_at_park": rows,
+        }
         return met, time.monotonic()
 
 
@@ -237,7 +268,9 @@ def main() -> None:
         sys.exit(f"{C.RESTATE_BIN} missing: run python -m bench.peers.setup")
     run_dir = str(C.RUNS / f"restate-{args.workload}-{time.strftime('%Y%m%d-%H%M%S')}")
     versions = {
-        "restate-server": subprocess.run([str(C.RESTATE_BIN), "--version"], capture_output=True, text=True).stdout.strip(),
+        "restate-server": subprocess.run(
+            [str(C.RESTATE_BIN), "--version"], capture_output=True, text=True
+        ).stdout.strip(),
         "restate-sdk": C.pkg_version("restate-sdk"),
         "hypercorn": C.pkg_version("hypercorn"),
         "aiohttp (client)": C.pkg_version("aiohttp"),
@@ -255,14 +288,24 @@ def main() -> None:
             time.sleep(max(0.0, t_parked + C.W3_SETTLE_S - time.monotonic()))
             metrics.update(C.measure_processes(sysm.groups()))
             metrics["measured_after_park_s"] = C.W3_SETTLE_S
-            metrics["note"] = ("invoker inactivity-timeout default 1m: runs parked less than 1 min earlier still hold "
-                               "their HTTP/2 stream to the service (state 'running'), later ones are 'suspended'")
+            metrics["note"] = (
+                "invoker inactivity-timeout default 1m: runs parked less than 1 min earlier still hold "
+                "their HTTP/2 stream to the service (state 'running'), later ones are 'suspended'"
+            )
     finally:
         left = sysm.stop()
     if left:
         C.log(f"LEFTOVER PROCESSES: {left}")
-    C.write_result(out, "restate", args.workload, metrics, versions, DURABILITY, cmd,
-                   extra={"machine": machine, "leftover_processes": left, "logs": run_dir})
+    C.write_result(
+        out,
+        "restate",
+        args.workload,
+        metrics,
+        versions,
+        DURABILITY,
+        cmd,
+        extra={"machine": machine, "leftover_processes": left, "logs": run_dir},
+    )
 
 
 if __name__ == "__main__":

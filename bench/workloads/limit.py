@@ -109,24 +109,28 @@ async def _send_each(producer: AIOKafkaProducer, topic: str, flow: Flow, window:
     await asyncio.gather(*(one(i) for i in range(flow.records)))
 
 
-async def _transactional(producer: AIOKafkaProducer, topics: Topics, traffic: Traffic, group: str) -> None:
+async def _transactional(producer: AIOKafkaProducer, settings: Settings, traffic: Traffic) -> None:
+    topics = Topics.named(settings.prefix)
     queue = [(getattr(topics, name), flow) for name, flow in traffic.worker.items() for _ in range(flow.records)]
     per = -(-len(queue) // traffic.transactions)
-    offsets = {TopicPartition(topics.inbox, p): 0 for p in range(8)}
+    inbox = [TopicPartition(topics.inbox, p) for p in range(settings.partitions)]
     for n, first in enumerate(range(0, len(queue), per)):
         await producer.begin_transaction()
         for i, (topic, flow) in enumerate(queue[first : first + per], start=first):
             key, value = _record(i, flow.size)
             await producer.send(topic, value, key=key, headers=[HEADER])
-        await producer.send_offsets_to_transaction({tp: n + 1 for tp in offsets}, group)
+        await producer.send_offsets_to_transaction(dict.fromkeys(inbox, n + 1), settings.group)
         await producer.commit_transaction()
 
 
-async def _consume_all(bootstrap: str, topics: Topics, expected: int) -> float:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
+async def _consume_all(settings: Settings, expected: int) -> float:
+    topics = Topics.named(settings.prefix)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    )
     await consumer.start()
     try:
-        tps = [TopicPartition(getattr(topics, name), p) for name in READ_BY_STEADY for p in range(8)]
+        tps = [TopicPartition(getattr(topics, name), p) for name in READ_BY_STEADY for p in range(settings.partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         seen = 0
@@ -144,7 +148,8 @@ async def _consume_all(bootstrap: str, topics: Topics, expected: int) -> float:
 async def raw_pass(env: Env, traffic: Traffic) -> dict[str, float]:
     """Produce and consume ``traffic`` once on fresh topics; seconds and runs per second."""
     prefix = env.prefix("raw")
-    topics = await ensure_topics(Settings(bootstrap=env.bootstrap, prefix=prefix, worker_id="raw"))
+    settings = Settings(bootstrap=env.bootstrap, prefix=prefix, worker_id="raw")
+    topics = await ensure_topics(settings)
     client = AIOKafkaProducer(bootstrap_servers=env.bootstrap, enable_idempotence=True, acks="all", linger_ms=1)
     reports = AIOKafkaProducer(bootstrap_servers=env.bootstrap, enable_idempotence=True, acks="all")
     worker = AIOKafkaProducer(
@@ -161,11 +166,11 @@ async def raw_pass(env: Env, traffic: Traffic) -> dict[str, float]:
     expected += sum(f.records for name, f in traffic.worker.items() if name in READ_BY_STEADY)
     try:
         began = time.perf_counter()
-        consumed = asyncio.create_task(_consume_all(env.bootstrap, topics, expected))
+        consumed = asyncio.create_task(_consume_all(settings, expected))
         await asyncio.gather(
             _send_each(client, topics.inbox, traffic.starts, env.sizes.start_window),
             _send_each(reports, topics.inbox, traffic.reports, EXECUTOR_IN_FLIGHT),
-            _transactional(worker, topics, traffic, f"{prefix}workers"),
+            _transactional(worker, settings, traffic),
         )
         produced = time.perf_counter()
         ended = max(await consumed, produced)
@@ -173,7 +178,11 @@ async def raw_pass(env: Env, traffic: Traffic) -> dict[str, float]:
         for producer in producers:
             await producer.stop()
     elapsed = ended - began
-    return {"elapsed_s": round(elapsed, 3), "produce_s": round(produced - began, 3), "runs_per_s": traffic.runs / elapsed}
+    return {
+        "elapsed_s": round(elapsed, 3),
+        "produce_s": round(produced - began, 3),
+        "runs_per_s": traffic.runs / elapsed,
+    }
 
 
 async def run(env: Env) -> dict[str, Any]:
@@ -191,7 +200,7 @@ async def run(env: Env) -> dict[str, Any]:
         "traffic": traffic.as_dict(),
         "read": list(READ_BY_STEADY),
     }
-    steady = env.shared.get("w1_rate")
+    steady = env.shared.get(w1.RATE_KEY)
     if steady is not None:
         out["steady_w1_share"] = round(steady / out["runs_per_s"]["median"], 3)
     return out

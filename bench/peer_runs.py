@@ -1,0 +1,98 @@
+"""Running the peers (Restate, DBOS) through ``bench/peers/<name>.py``, which another module provides.
+
+The contract of a peer module:
+
+- it runs as ``python -m bench.peers.<name> <workload> --out FILE [--quick]`` from the repository root, for
+  workload ``W1`` or ``W3``, starts and stops everything it needs, and exits 0 on success;
+- it writes to ``FILE`` one JSON object (or a list of them, one per back end, e.g. DBOS on SQLite and on
+  PostgreSQL)::
+
+      {"system": "restate", "workload": "W1", "setting": "optional label",
+       "metrics": {...}, "versions": {...}, "durability": "fsync of every journal append"}
+
+- its ``metrics`` use Steady's names so the report can show them side by side: for W1
+  ``workflows_per_s`` and ``steps_per_s`` (a number, or ``{"median", "min", "max", "values"}``) and
+  ``latency`` (``{"p50_ms", "p90_ms", "p99_ms"}``); for W3 ``runs``, ``start_s``, ``rss_mb`` and
+  ``idle_cpu_pct`` (each ``{process name: value}``).
+
+A peer whose module is missing, fails, times out or writes something else is skipped with a message.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.procs import ROOT
+
+PEERS = ("restate", "dbos")
+PEER_WORKLOADS = ("W1", "W3")
+REQUIRED = ("system", "workload", "metrics", "versions", "durability")
+
+
+def module_file(name: str) -> Path | None:
+    """The peer's module, if it exists."""
+    for candidate in (ROOT / "bench" / "peers" / f"{name}.py", ROOT / "bench" / "peers" / name / "__main__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _validate(data: Any, workload: str) -> list[dict[str, Any]]:
+    entries = data if isinstance(data, list) else [data]
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ValueError("not a JSON object")
+        missing = [k for k in REQUIRED if k not in entry]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        if entry["workload"] != workload:
+            raise ValueError(f"workload {entry['workload']!r}, expected {workload!r}")
+        if not isinstance(entry["metrics"], dict):
+            raise ValueError("metrics is not an object")
+    return entries
+
+
+def run_peer(name: str, workload: str, out_dir: Path, *, quick: bool, timeout: float) -> list[dict[str, Any]]:
+    """Run one peer on one workload; its result entries (raises ``RuntimeError`` with the reason on failure)."""
+    if module_file(name) is None:
+        raise RuntimeError(f"bench/peers/{name}.py does not exist")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{name}-{workload}.json"
+    log = out_dir / f"{name}-{workload}.log"
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", f"bench.peers.{name}", workload, "--out", str(out), *(["--quick"] if quick else [])]
+    with log.open("wb") as sink:
+        try:
+            done = subprocess.run(cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(f"timed out after {timeout:.0f}s (log: {log})") from exc
+    if done.returncode != 0:
+        raise RuntimeError(f"exited with code {done.returncode} (log: {log})")
+    try:
+        entries = _validate(json.loads(out.read_text()), workload)
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"wrote no valid result to {out}: {exc} (log: {log})") from exc
+    return [{**entry, "command": cmd, "source": f"bench.peers.{name}"} for entry in entries]
+
+
+def run_peers(workloads: list[str], out_dir: Path, *, quick: bool) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every available peer on the peer workloads among ``workloads``: result entries, and skip messages."""
+    entries: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for name in PEERS:
+        for workload in (w for w in PEER_WORKLOADS if w in workloads):
+            print(f"[peer {name} {workload}] running", flush=True)
+            try:
+                found = run_peer(name, workload, out_dir, quick=quick, timeout=900 if quick else 3600)
+            except RuntimeError as exc:
+                message = f"peer {name} {workload} skipped: {exc}"
+                print(f"[peer {name} {workload}] {message}", flush=True)
+                skipped.append(message)
+                continue
+            entries.extend(found)
+            print(f"[peer {name} {workload}] done", flush=True)
+    return entries, skipped
