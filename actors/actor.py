@@ -200,11 +200,6 @@ def follow_ups(state: RunState, body: EventBody, at_ms: int) -> list[EventBody]:
             return [TimerCancelled(stale)] if state.timer(stale) is not None else []
         case WorkflowCompleted() | WorkflowFailed() | WorkflowCancelled():
             return [TimerCancelled(t.id) for t in state.timers]
-        case EventAwaited(name=name):
-            buffered = next((e for e in state.events if e.name == name), None)
-            if buffered is None:
-                return []
-            return [EventDelivered(body.seq, name, buffered.id, buffered.payload)]
         case EventDelivered():
             stale = Timer.of(TimerPurpose.EVENT_TIMEOUT, body.seq, 1, 0).id
             return [TimerCancelled(stale)] if state.timer(stale) is not None else []
@@ -389,6 +384,20 @@ def _evolve_outside(
             assert_never(body)
 
 
+def _buffered_delivery(state: RunState) -> list[EventBody]:
+    """The kept event that answers the earliest open wait, if any.
+
+    One at a time: every result is one activation of the workflow (one replay round), also when several kept
+    events could answer waits the workflow opened together.
+    """
+    for entry in state.journal:
+        if entry.kind is EntryKind.EVENT and entry.state is EntryState.SCHEDULED:
+            kept = next((e for e in state.events if e.name == entry.name), None)
+            if kept is not None:
+                return [EventDelivered(entry.seq, entry.name, kept.id, kept.payload)]
+    return []
+
+
 def _remember(state: RunState, event_id: str) -> tuple[str, ...]:
     if event_id in state.event_ids:
         return state.event_ids
@@ -449,10 +458,11 @@ class Actor:
                 bodies: list[EventBody] = [WorkflowStuck(reason)]
             else:
                 bodies = activate(state, workflow, command.at_ms)
-            before = len(events)
             state = self._append(state, command, bodies, events)
             # An event kept in the state may answer a wait the workflow just opened: run it again.
-            again = any(isinstance(e.body, EventDelivered) for e in events[before:])
+            deliveries = _buffered_delivery(state) if state is not None else []
+            state = self._append(state, command, deliveries, events)
+            again = bool(deliveries)
         return Outcome(state, events)
 
     @staticmethod

@@ -9,6 +9,7 @@ import datetime as dt
 import logging
 import os
 import shlex
+import shutil
 import sys
 import time
 import traceback
@@ -120,6 +121,8 @@ def run_workload(
         entry["error"] = f"{type(exc).__name__}: {exc}"
         entry["traceback"] = traceback.format_exc()
         print(f"{label} FAILED: {entry['error']} (logs in {folder})", flush=True)
+    if not keep:
+        shutil.rmtree(folder / "state", ignore_errors=True)
     entry["elapsed_s"] = round(time.monotonic() - began, 1)
     entry["durability"] = setting.describe()
     return entry

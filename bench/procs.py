@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from streams.broker import BrokerConfig, LocalBroker
+from streams.broker import BrokerConfig, BrokerError, LocalBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository; workers run from here so that ``bench.apps`` imports."""
@@ -40,15 +40,32 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 @contextlib.contextmanager
 def fresh_broker(home: Path, extra: dict[str, str], *, keep: bool = False) -> Iterator[LocalBroker]:
     """A new single-node broker in ``home`` (wiped first), stopped and its data removed afterwards."""
-    shutil.rmtree(home, ignore_errors=True)
-    broker = LocalBroker(BrokerConfig(home=home, extra=dict(extra)))
-    broker.start(embedded=True)
+    broker = _start(home, extra)
     try:
         yield broker
     finally:
         broker.stop()
         if not keep:
             shutil.rmtree(home / "data", ignore_errors=True)
+
+
+def _start(home: Path, extra: dict[str, str], attempts: int = 3) -> LocalBroker:
+    """Start a broker in a wiped ``home``, trying again when formatting fails.
+
+    ``streams.broker`` draws a random cluster id in URL-safe base64; one in 64 starts with ``-``, which
+    Kafka's storage tool reads as an option and refuses. A new id fixes it.
+    """
+    for attempt in range(1, attempts + 1):
+        shutil.rmtree(home, ignore_errors=True)
+        broker = LocalBroker(BrokerConfig(home=home, extra=dict(extra)))
+        try:
+            broker.start(embedded=True)
+        except BrokerError as exc:
+            if attempt == attempts or "formatting KRaft storage failed" not in str(exc):
+                raise
+            continue
+        return broker
+    raise AssertionError("unreachable")
 
 
 def broker_pid(broker: LocalBroker) -> int:
@@ -70,6 +87,7 @@ class WorkerProcess:
     log: Path
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    _log_start: int = field(default=0, init=False, repr=False)
 
     @property
     def pid(self) -> int:

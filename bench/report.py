@@ -115,7 +115,7 @@ ROWS: list[Row] = [
     ("W1 CPU ms per workflow: worker / broker", "", _w1_cpu),
     ("Raw Kafka limit, W1 runs/s (Steady's share)", "share >= 50%", _limit),
     ("W2 fan-out 100, ms per run p50 / p99", "", _w2),
-    ("W3 start calls s / all parked s", "", _w3_start),
+    ("W3 start calls acknowledged s / all parked s", "", _w3_start),
     ("W3 RSS MB, 30 s after the last parked", "worker < 200 at 100,000", _per_process("rss_mb", 0)),
     ("W3 idle CPU, % of a core", "worker < 2", _per_process("idle_cpu_pct", 1)),
     ("W4 timer lateness p50 / p99 ms", "p99 < 100", _w4),
@@ -173,6 +173,14 @@ def _breakdowns(session: dict[str, Any]) -> list[str]:
     return ["", "### Where a closed-loop W1 run spends its time (medians, from history record timestamps)", "", *lines]
 
 
+def _peer_durability(session: dict[str, Any]) -> list[str]:
+    seen: dict[str, str] = {}
+    for e in session["results"]:
+        if e["system"] != "steady" and not e.get("error"):
+            seen.setdefault(e["system"] + (f" ({e['setting']})" if e.get("setting") else ""), e["durability"])
+    return [f"- {label}: {durability}" for label, durability in seen.items()]
+
+
 def markdown(session: dict[str, Any]) -> str:
     """The session as a markdown report."""
     cols = columns(session["results"])
@@ -188,11 +196,7 @@ def markdown(session: dict[str, Any]) -> str:
         "",
         "Durability:",
         *[f"- steady ({name}): {d['summary']}" for name, d in session["durability"].items()],
-        *[
-            f"- {e['system']}{' (' + e['setting'] + ')' if e.get('setting') else ''}: {e['durability']}"
-            for e in session["results"]
-            if e["system"] != "steady" and not e.get("error")
-        ],
+        *_peer_durability(session),
         "",
         *_table(
             ["", "target", *cols], [[label, target, *(show(c) for c in cols.values())] for label, target, show in ROWS]
@@ -217,7 +221,7 @@ def chart(session: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     cols = columns(session["results"])
-    names, rates, lows, highs = [], [], [], []
+    names, rates, lows, highs, colors = [], [], [], [], []
     for label, metrics in cols.items():
         for key, name in (("W1", label), ("limit", f"raw Kafka\n{label.removeprefix('steady ')}")):
             if key not in metrics:
@@ -225,13 +229,14 @@ def chart(session: dict[str, Any], path: Path) -> None:
             rate = metrics[key].get("workflows_per_s" if key == "W1" else "runs_per_s")
             value = _num(rate)
             names.append(name.replace(" (", "\n("))
+            colors.append("#4c72b0" if key == "W1" else "#8c8c8c")
             rates.append(value)
             spread = rate if isinstance(rate, dict) and "min" in rate else {"min": value, "max": value}
             lows.append(value - spread["min"])
             highs.append(spread["max"] - value)
     latency = {label: m["W1"]["latency"] for label, m in cols.items() if "W1" in m and m["W1"].get("latency")}
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    left.bar(range(len(names)), rates, yerr=[lows, highs], capsize=4, color="#4c72b0")
+    left.bar(range(len(names)), rates, yerr=[lows, highs], capsize=4, color=colors)
     left.set_xticks(range(len(names)), names, fontsize=8)
     left.set_ylabel("workflows/s (W1 chain, 3 steps)")
     left.set_title("W1 saturated throughput (median, min-max)")

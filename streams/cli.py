@@ -11,6 +11,7 @@
     steady cancel ID [--reason TEXT]        cancel a run
     steady completions [--group G]          follow terminal records (filter by --type, --status, --tenant)
     steady dead-letters [resubmit P:O]      list dead letters, or send one again after a fix
+    steady check                            rebuild every run from its history and compare with the changelog
     steady broker start|stop|status|fetch   a local single-node Kafka from Kafka's own jars
 
 Where Kafka is: ``--bootstrap``, else ``STEADY_KAFKA_BOOTSTRAP``, else the local broker started by
@@ -34,6 +35,7 @@ from typing import Any
 
 from actors import Registry, RunFailed
 from streams.broker import KAFKA_VERSION, BrokerConfig, BrokerError, LocalBroker, ensure_jars
+from streams.check import check
 from streams.client import Client
 from streams.settings import Settings
 from streams.timeline import format_status, format_table, format_time, format_timeline, payload_text
@@ -209,6 +211,18 @@ async def _dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    report = await check(settings)
+    print(
+        f"checked {report.runs} runs ({report.events} history events) on {settings.bootstrap}, prefix {settings.prefix}"
+    )
+    for finding in report.findings:
+        print(f"  {finding.run_key}: {finding.problem}")
+    print("no differences" if report.ok else f"{len(report.findings)} difference(s)")
+    return 0 if report.ok else 1
+
+
 async def _demo(bootstrap: str, settings: Settings, runs: int, serve: bool) -> None:
     from streams.examples import OrderRequest, app, orders  # noqa: PLC0415 - only the demo needs them
 
@@ -311,6 +325,10 @@ def _add_run_commands(
     dead.add_argument("action", nargs="?", choices=["list", "resubmit"], default="list")
     dead.add_argument("where", nargs="?", help="PARTITION:OFFSET of the letter to resubmit")
     dead.set_defaults(func=lambda a: asyncio.run(_dead_letters(a)))
+
+    checker = sub.add_parser("check", help="compare every run's history with its changelog state")
+    kafka_options(checker)
+    checker.set_defaults(func=lambda a: asyncio.run(_check(a)))
 
 
 def build_parser() -> argparse.ArgumentParser:

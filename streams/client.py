@@ -31,7 +31,7 @@ from actors.workflow import Workflow
 from streams.clock import WallClock
 from streams.records import COMMAND, COMPLETION, DEAD_LETTER, EVENT, STATE, Completion, DeadLetter
 from streams.settings import Settings
-from streams.topics import Topics, ensure_topics
+from streams.topics import Topics, ensure_topics, read_topic
 
 
 def _encode(value: Any) -> payload.Payload:
@@ -323,31 +323,11 @@ class Client:
     # -- dead letters ----------------------------------------------------------------------------------------
 
     async def dead_letters(self) -> list[tuple[int, int, DeadLetter]]:
-        """Every dead letter as (partition, offset, letter), oldest first per partition."""
+        """Every dead letter as (partition, offset, letter), oldest first."""
         await self._connect()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap, isolation_level="read_committed", enable_auto_commit=False
-        )
-        await consumer.start()
-        try:
-            tps = [TopicPartition(self.topics.dead_letter, p) for p in range(self._partitions)]
-            consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
-            for tp, offset in (await consumer.beginning_offsets(tps)).items():
-                consumer.seek(tp, offset)
-            out: list[tuple[int, int, DeadLetter]] = []
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                remaining = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
-                if not remaining:
-                    break
-                for tp, records in (await consumer.getmany(*remaining, timeout_ms=500)).items():
-                    out.extend(
-                        (tp.partition, r.offset, DEAD_LETTER.decode(r.value)) for r in records if r.offset < ends[tp]
-                    )
-            return sorted(out, key=lambda item: (item[2].at_ms, item[0], item[1]))
-        finally:
-            await consumer.stop()
+        records = await read_topic(self.settings.bootstrap, self.topics.dead_letter)
+        letters = [(r.partition, r.offset, DEAD_LETTER.decode(r.value)) for r in records]
+        return sorted(letters, key=lambda item: (item[2].at_ms, item[0], item[1]))
 
     async def resubmit(self, partition: int, offset: int) -> DeadLetter:
         """Produce dead letter ``partition:offset``'s original record again to its topic (after a fix)."""

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.structs import ConsumerRecord
 
 from streams.settings import Settings
 
@@ -82,3 +85,42 @@ async def ensure_topics(settings: Settings) -> Topics:
     finally:
         await admin.close()
     return topics
+
+
+async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+    """The partition numbers of ``topic`` (empty if it does not exist)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return sorted(p["partition"] for p in described["partitions"])
+
+
+async def read_topic(bootstrap: str, topic: str, *, timeout: float = 120.0) -> list[ConsumerRecord]:
+    """Every committed record of ``topic`` from the beginning to its end as of the call, partition by partition."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        for tp, offset in (await consumer.beginning_offsets(tps)).items():
+            consumer.seek(tp, offset)
+        out: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            remaining = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
+            if not remaining:
+                break
+            batch = await consumer.getmany(*remaining, timeout_ms=500)
+            for tp, records in batch.items():
+                out.extend(r for r in records if r.offset < ends[tp])
+        else:
+            raise TimeoutError(f"could not read {topic} to its end within {timeout:.0f}s")
+        return out
+    finally:
+        await consumer.stop()

@@ -13,54 +13,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.structs import ConsumerRecord
-
 from actors.events import Event
 from actors.workflow import Registry
 from streams.records import COMPLETION, EVENT, Completion
 from streams.settings import Settings
+from streams.topics import read_topic
 from streams.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-async def partitions_of(bootstrap: str, topic: str) -> list[int]:
-    """The partition numbers of ``topic`` (empty if it does not exist)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        [described] = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    return sorted(p["partition"] for p in described["partitions"])
-
-
-async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord]:
-    """Every committed record of ``topic``, from the beginning to the current end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        for tp, offset in (await consumer.beginning_offsets(tps)).items():
-            consumer.seek(tp, offset)
-        out: list[ConsumerRecord] = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            remaining = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
-            if not remaining:
-                break
-            batch = await consumer.getmany(*remaining, timeout_ms=500)
-            for tp, records in batch.items():
-                out.extend(r for r in records if r.offset < ends[tp])
-        return out
-    finally:
-        await consumer.stop()
 
 
 async def histories(bootstrap: str, prefix: str) -> dict[str, list[Event]]:
@@ -121,7 +81,7 @@ class WorkerProcess:
     def start(self) -> None:
         s = self.settings
         cmd = [
-            sys.executable, "-m", "streams.cli", "-v", "worker", "--app", self.app,
+            sys.executable, "-m", "streams.cli", "worker", "--app", self.app,
             "--bootstrap", s.bootstrap, "--prefix", s.prefix,
             "--worker-id", s.worker_id, "--state-dir", str(s.state_dir),
         ]  # fmt: skip

@@ -216,3 +216,44 @@ async def run_ticket(ctx: Context, body: dict[str, object]) -> str:
 app.add(late_waiter)
 trigger_app = Registry([ticket])
 """A separate registry, so that only the trigger tests run a trigger consumer."""
+
+
+def _journal(info_line: str) -> None:
+    path = Path(os.environ["STEADY_TEST_JOURNAL"])
+    with path.open("a") as f:
+        f.write(info_line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def logged_step(label: str) -> str:
+    """Appends "idempotency_key attempt start_ms" to $STEADY_TEST_JOURNAL, sleeps a little, returns ``label``."""
+    info = current_step()
+    _journal(f"{info.idempotency_key} {info.attempt} {int(time.time() * 1000)}")
+    time.sleep(float(os.environ.get("STEADY_TEST_STEP_SLEEP", "0.02")))
+    return label
+
+
+def logged_flaky(fail_times: int) -> str:
+    """Logs every attempt like ``logged_step``; fails the first ``fail_times`` attempts."""
+    info = current_step()
+    _journal(f"{info.idempotency_key} {info.attempt} {int(time.time() * 1000)}")
+    if info.attempt <= fail_times:
+        raise ConnectionError(f"attempt {info.attempt} failed on purpose")
+    return f"ok on attempt {info.attempt}"
+
+
+mixed = Workflow("mixed", retry=RetryPolicy(max_attempts=6, initial_interval=timedelta(milliseconds=200)))
+
+
+@mixed.main
+async def run_mixed(ctx: Context, n: int) -> dict[str, object]:
+    first = await ctx.step("first", logged_step, f"{n}-first")
+    flaky_result = await ctx.step("flaky", logged_flaky, 2)
+    await ctx.sleep("nap", timedelta(seconds=1 + n % 3))
+    go = await ctx.wait_for_event("go", timeout=timedelta(minutes=10))
+    last = await ctx.step("last", logged_step, f"{n}-last")
+    return {"first": first, "flaky": flaky_result, "go": go, "last": last}
+
+
+app.add(mixed)

@@ -51,7 +51,6 @@ def reexec_into_venv(module: str) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.pop("VIRTUAL_ENV", None)
-    os.chdir(ROOT)
     os.execve(str(VENV_PY), [str(VENV_PY), "-m", module, *sys.argv[1:]], env)
 
 
@@ -156,16 +155,24 @@ def measure_processes(groups: Dict[str, List[int]], window_s: float = CPU_WINDOW
     dt = time.monotonic() - t0
     c1 = {n: cpu(ps) for n, ps in procs.items()}
     rss: Dict[str, float] = {}
+    pss: Dict[str, float] = {}
     for n, ps in procs.items():
-        tot = 0
+        tot = totp = 0
         for p in ps:
             try:
-                tot += p.memory_info().rss
+                mi = p.memory_full_info()
+                tot += mi.rss
+                totp += getattr(mi, "pss", mi.rss)
             except psutil.NoSuchProcess:
                 pass
         rss[n] = round(tot / 2**20, 1)
+        pss[n] = round(totp / 2**20, 1)
     return {
         "rss_mb": rss,
+        "pss_mb": pss,
+        "memory_note": ("rss_mb sums each process's RSS over the group's process tree, so memory shared between "
+                        "processes (e.g. PostgreSQL shared_buffers) is counted once per process; pss_mb splits "
+                        "shared pages among their users and is the group's real footprint"),
         "idle_cpu_pct": {n: round(100.0 * (c1[n] - c0[n]) / dt, 2) for n in procs},
         "process_count": {n: len(ps) for n, ps in procs.items()},
         "cpu_window_s": round(dt, 1),

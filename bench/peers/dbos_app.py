@@ -153,10 +153,10 @@ async def w3(quick: bool, url: str) -> None:
         await asyncio.sleep(0.25)
     t_parked = time.perf_counter() - t0
     emit(event="parked", runs=n, start_s=round(t_parked, 2), start_calls_s=round(t_sent, 2))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
+    # stay up with the sleepers parked until the parent has measured; SIGTERM ends the process at once
+    # (the pending runs stay in the database, which the parent deletes)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: os._exit(0))
+    await asyncio.Event().wait()
 
 
 def main() -> None:

@@ -32,6 +32,23 @@ DURABILITY = (
 )
 
 
+def _http(method: str, url: str, body: Any = None, timeout: float = 60) -> Tuple[int, bytes]:
+    """Tiny blocking HTTP helper for setup calls (status, body); status 0 when the connection fails."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return 0, b""
+
+
 class RestateSystem:
     def __init__(self, run_dir: str) -> None:
         self.run_dir = run_dir
@@ -52,8 +69,6 @@ class RestateSystem:
         return f"http://127.0.0.1:{self.admin_port}"
 
     def start(self) -> None:
-        import httpx
-
         os.makedirs(self.run_dir, exist_ok=True)
         env = dict(os.environ)
         env.update(
@@ -103,27 +118,22 @@ class RestateSystem:
         C.wait_port(self.svc_port, 60, self.service)
         # admin health, then register the deployment
         deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{self.admin}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+        while _http("GET", f"{self.admin}/health")[0] != 200:
             if time.monotonic() > deadline:
                 raise TimeoutError("restate admin not healthy")
             time.sleep(0.2)
-        r = httpx.post(f"{self.admin}/deployments", json={"uri": f"http://127.0.0.1:{self.svc_port}"}, timeout=60)
-        if r.status_code >= 300:
-            raise RuntimeError(f"deployment registration failed: {r.status_code} {r.text[:500]}")
+        st, body = _http("POST", f"{self.admin}/deployments", {"uri": f"http://127.0.0.1:{self.svc_port}"})
+        if st >= 300:
+            raise RuntimeError(f"deployment registration failed: {st} {body[:500]!r}")
         C.log(f"restate up: ingress {self.ingress}, admin {self.admin}, service :{self.svc_port} registered")
-        # ingress may need a moment to see the new deployment
+        # the ingress may need a moment to see the new deployment
         deadline = time.monotonic() + 60
         while True:
-            rr = httpx.post(f"{self.ingress}/Chain/probe/run", json=C.work_input(0, "probe"), timeout=30)
-            if rr.status_code == 200:
+            st, body = _http("POST", f"{self.ingress}/Chain/probe/run", C.work_input(0, "probe"))
+            if st == 200:
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"ingress probe failed: {rr.status_code} {rr.text[:300]}")
+                raise RuntimeError(f"ingress probe failed: {st} {body[:300]!r}")
             time.sleep(0.2)
         self.pids = C.all_pids([self.server.pid, self.service.pid])
 

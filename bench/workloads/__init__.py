@@ -6,13 +6,13 @@ replays the traffic W1 measured under the same setting.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from bench.workloads import limit, w1, w2, w3, w4, w5
 from bench.workloads.base import Env
 
-Workload = Callable[[Env], Awaitable[dict[str, Any]]]
+Workload = Callable[[Env], Coroutine[Any, Any, dict[str, Any]]]
 
 WORKLOADS: dict[str, Workload] = {
     "W1": w1.run,

@@ -109,7 +109,9 @@ async def _send_each(producer: AIOKafkaProducer, topic: str, flow: Flow, window:
     await asyncio.gather(*(one(i) for i in range(flow.records)))
 
 
-async def _transactional(producer: AIOKafkaProducer, settings: Settings, traffic: Traffic) -> None:
+async def _transactional(producer: AIOKafkaProducer, settings: Settings, traffic: Traffic) -> float:
+    """Write the worker's share in ``traffic.transactions`` transactions; return the seconds it took."""
+    began = time.perf_counter()
     topics = Topics.named(settings.prefix)
     queue = [(getattr(topics, name), flow) for name, flow in traffic.worker.items() for _ in range(flow.records)]
     per = -(-len(queue) // traffic.transactions)
@@ -121,34 +123,38 @@ async def _transactional(producer: AIOKafkaProducer, settings: Settings, traffic
             await producer.send(topic, value, key=key, headers=[HEADER])
         await producer.send_offsets_to_transaction(dict.fromkeys(inbox, n + 1), settings.group)
         await producer.commit_transaction()
+    return time.perf_counter() - began
 
 
-async def _consume_all(settings: Settings, expected: int) -> float:
+async def _reader(settings: Settings) -> AIOKafkaConsumer:
+    """A started ``read_committed`` consumer on the topics Steady's processes read, at their beginning."""
     topics = Topics.named(settings.prefix)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap, isolation_level="read_committed", enable_auto_commit=False
     )
     await consumer.start()
-    try:
-        tps = [TopicPartition(getattr(topics, name), p) for name in READ_BY_STEADY for p in range(settings.partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        seen = 0
-        deadline = time.monotonic() + 600
-        while seen < expected:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"raw consumer saw {seen} of {expected} records")
-            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
-            seen += sum(len(records) for records in batch.values())
-        return time.perf_counter()
-    finally:
-        await consumer.stop()
+    tps = [TopicPartition(getattr(topics, name), p) for name in READ_BY_STEADY for p in range(settings.partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    return consumer
+
+
+async def _consume(consumer: AIOKafkaConsumer, expected: int) -> float:
+    """Read until ``expected`` records arrived; return when (``perf_counter``)."""
+    seen = 0
+    deadline = time.monotonic() + 600
+    while seen < expected:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"raw consumer saw {seen} of {expected} records")
+        batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+        seen += sum(len(records) for records in batch.values())
+    return time.perf_counter()
 
 
 async def raw_pass(env: Env, traffic: Traffic) -> dict[str, float]:
     """Produce and consume ``traffic`` once on fresh topics; seconds and runs per second."""
     prefix = env.prefix("raw")
-    settings = Settings(bootstrap=env.bootstrap, prefix=prefix, worker_id="raw")
+    settings = Settings.model_validate({"bootstrap": env.bootstrap, "prefix": prefix, "worker_id": "raw"})
     topics = await ensure_topics(settings)
     client = AIOKafkaProducer(bootstrap_servers=env.bootstrap, enable_idempotence=True, acks="all", linger_ms=1)
     reports = AIOKafkaProducer(bootstrap_servers=env.bootstrap, enable_idempotence=True, acks="all")
@@ -162,12 +168,13 @@ async def raw_pass(env: Env, traffic: Traffic) -> dict[str, float]:
     producers = (client, reports, worker)
     for producer in producers:
         await producer.start()
+    reader = await _reader(settings)
     expected = traffic.starts.records + traffic.reports.records
     expected += sum(f.records for name, f in traffic.worker.items() if name in READ_BY_STEADY)
+    began = time.perf_counter()
+    consumed = asyncio.create_task(_consume(reader, expected))
     try:
-        began = time.perf_counter()
-        consumed = asyncio.create_task(_consume_all(settings, expected))
-        await asyncio.gather(
+        *_, transactional_s = await asyncio.gather(
             _send_each(client, topics.inbox, traffic.starts, env.sizes.start_window),
             _send_each(reports, topics.inbox, traffic.reports, EXECUTOR_IN_FLIGHT),
             _transactional(worker, settings, traffic),
@@ -175,12 +182,16 @@ async def raw_pass(env: Env, traffic: Traffic) -> dict[str, float]:
         produced = time.perf_counter()
         ended = max(await consumed, produced)
     finally:
+        consumed.cancel()
+        await reader.stop()
         for producer in producers:
             await producer.stop()
     elapsed = ended - began
     return {
         "elapsed_s": round(elapsed, 3),
         "produce_s": round(produced - began, 3),
+        "transactions_s": round(transactional_s, 3),
+        "ms_per_transaction": round(1000 * transactional_s / traffic.transactions, 1),
         "runs_per_s": traffic.runs / elapsed,
     }
 

@@ -21,7 +21,8 @@ from streams.topics import Topics
 
 
 def _disk_mb(path: Path) -> float:
-    total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+    """Disk space used under ``path`` (allocated blocks: Kafka's preallocated index files are sparse)."""
+    total = sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file()) if path.exists() else 0
     return round(total / 2**20, 1)
 
 

@@ -123,3 +123,22 @@ async def test_a_workflow_that_catches_cancelled_may_finish_normally() -> None:
         await driver.cancel("s", "shutdown")
 
         assert "cleaned up after shutdown" == driver.result("s")
+
+
+async def test_kept_events_answering_several_open_waits_replay_one_round_each() -> None:
+    pair = Workflow("pair")
+
+    @pair.main
+    async def pair_main(ctx: Context) -> list[object]:
+        await ctx.sleep("later", timedelta(seconds=1))
+        left, right = await asyncio.gather(ctx.wait_for_event("left"), ctx.wait_for_event("right"))
+        after = await ctx.wait_for_event("left")
+        return [left, right, after]
+
+    async with TestDriver(pair, start=START) as driver:
+        await driver.start(pair, id="p")
+        for name, value in (("right", "R"), ("left", "L1"), ("left", "L2")):
+            await driver.signal("p", name, value)
+        await driver.advance(timedelta(seconds=1))
+
+        assert ["L1", "R", "L2"] == driver.result("p")
