@@ -134,7 +134,9 @@ def activate(state: RunState, workflow: Workflow, now_ms: int) -> list[EventBody
             loop.run_ready()
             for resolution in range(1, state.resolutions + 1):
                 if task.done():
-                    ctx.diverge(f"the workflow ended before result {resolution} of {state.resolutions} arrived")
+                    raised = None if task.cancelled() else task.exception()
+                    how = f"raised {type(raised).__name__}: {raised}" if raised is not None else "returned"
+                    ctx.diverge(f"on replay it {how} before result {resolution} of {state.resolutions} arrived")
                 ctx.begin_round(resolution)
                 loop.run_ready()
     except NonDeterminismError:

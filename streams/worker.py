@@ -238,6 +238,11 @@ class Worker:
                 logger.warning("batch not committed (%s); retrying in %.2fs", exc, backoff)
                 await asyncio.sleep(backoff)
 
+    @property
+    def failed(self) -> BaseException | None:
+        """What stopped the worker, if something did."""
+        return self._failure
+
     def stop(self) -> None:
         """Ask the worker to finish its current batch and leave the group."""
         self._stopping.set()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
@@ -257,3 +259,43 @@ async def run_mixed(ctx: Context, n: int) -> dict[str, object]:
 
 
 app.add(mixed)
+
+
+_activations: Counter[str] = Counter()
+
+poison_replay = Workflow("poison_replay")
+
+
+@poison_replay.main
+async def run_poison_replay(ctx: Context, _: int) -> str:
+    _activations[ctx.workflow_id] += 1
+    if _activations[ctx.workflow_id] > 1:
+        raise RuntimeError("this workflow fails whenever it is replayed")
+    return await ctx.step("once", shout, "x")
+
+
+async def never_returns(label: str) -> str:
+    await asyncio.Event().wait()
+    return label
+
+
+hung = Workflow("hung", retry=RetryPolicy(max_attempts=2, initial_interval=timedelta(milliseconds=100)))
+
+
+@hung.main
+async def run_hung(ctx: Context, _: int) -> str:
+    return await ctx.step("forever", never_returns, "x", timeout=timedelta(seconds=1))
+
+
+nondeterministic = Workflow("nondeterministic")
+
+
+@nondeterministic.main
+async def run_nondeterministic(ctx: Context, _: int) -> str:
+    first = await ctx.step(f"step-{random.random()}", shout, "x")
+    return await ctx.step("second", shout, first)
+
+
+app.add(poison_replay)
+app.add(hung)
+app.add(nondeterministic)

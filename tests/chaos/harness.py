@@ -95,8 +95,8 @@ class Chaos:
     async def kill_randomly(self, every: tuple[float, float], max_kills: int | None = None) -> None:
         """Kill a random worker with -9 every few seconds and start it again, until cancelled."""
         while max_kills is None or self.figures.kills < max_kills:
-            await asyncio.sleep(random.uniform(*every))  # noqa: S311 - chaos, not crypto
-            worker = random.choice(list(self.workers.values()))  # noqa: S311
+            await asyncio.sleep(random.uniform(*every))
+            worker = random.choice(list(self.workers.values()))
             if worker.proc is None or worker.proc.poll() is not None:
                 continue
             worker.kill()

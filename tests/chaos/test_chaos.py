@@ -82,7 +82,7 @@ def _unowned_seconds(logs: list[Path]) -> float:
     for log in logs:
         for line in log.read_text(errors="replace").splitlines():
             match = _LINE.match(line)
-            if match and "inbox" in match.group(3) or (match and match.group(2) == "assigned partitions"):
+            if (match and "inbox" in match.group(3)) or (match and match.group(2) == "assigned partitions"):
                 stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
                 (revokes if match.group(2) == "revoked" else assigns).append(stamp)
     gaps = [min((a - r).total_seconds() for a in assigns if a >= r) for r in revokes if any(a >= r for a in assigns)]
