@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test unit verify fmt lint types chaos jars clean
+.PHONY: run test unit verify fmt lint types chaos bench bench-quick jars clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,20 @@ types: $(STAMP)
 	$(BIN)/mypy
 
 verify: lint types test
+
+# The long chaos variant: 1,000 runs per scenario, workers killed every few seconds, the broker stopped and
+# killed, workers added and removed. The short variant runs inside `make test`.
+chaos: jars
+	STEADY_CHAOS_RUNS=1000 STEADY_CHAOS_SECONDS=1800 $(BIN)/pytest tests/chaos -m chaos -s
+
+# Benchmarks (see bench/README.md): `make bench` takes 30-40 minutes, `make bench-quick` a few.
+bench: jars
+	$(BIN)/pip install -q -r bench/requirements.txt
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-quick: jars
+	$(BIN)/pip install -q -r bench/requirements.txt
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .steady .pytest_cache .mypy_cache .ruff_cache

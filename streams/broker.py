@@ -31,10 +31,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaClient
 
@@ -296,7 +299,7 @@ class LocalBroker:
         )
         self._log(f"starting Kafka {KAFKA_VERSION} pid {self._proc.pid} on {self.bootstrap}")
         try:
-            asyncio.run(self._wait_ready(timeout))
+            _run_blocking(self._wait_ready(timeout))
         except BaseException:
             self._log("broker did not become ready; stopping it")
             self.stop()
@@ -373,8 +376,32 @@ class LocalBroker:
         return False
 
 
+def _run_blocking(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` to the end from sync code, even when this thread already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(coro)
+        return
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(coro)
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name="steady-broker-wait")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # Kafka binds with SO_REUSEADDR, so a port whose old connections linger in TIME_WAIT is still usable.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -7,6 +7,7 @@ environment.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -14,10 +15,12 @@ import shlex
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root (…/main)
 WORK = ROOT / "bench" / ".work"
@@ -58,7 +61,7 @@ def command_line(module: str) -> str:
     return f"cd {shlex.quote(str(ROOT))} && python -m {module} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def work_input(i: int, tag: str) -> Dict[str, Any]:
+def work_input(i: int, tag: str) -> dict[str, Any]:
     """~100-byte JSON workflow input."""
     d = {"id": f"{tag}-{i:06d}", "customer": "c-0042", "amount": 1234, "currency": "EUR", "note": ""}
     pad = 100 - len(json.dumps(d, separators=(",", ":")))
@@ -66,11 +69,11 @@ def work_input(i: int, tag: str) -> Dict[str, Any]:
     return d
 
 
-def expected_chain_output(ref: str) -> Dict[str, Any]:
+def expected_chain_output(ref: str) -> dict[str, Any]:
     return {"step": 3, "ok": True, "ref": ref[:12], "pad": "x" * 8}
 
 
-def percentile(sorted_vals: List[float], p: float) -> float:
+def percentile(sorted_vals: list[float], p: float) -> float:
     """Linear-interpolated percentile of an already sorted list (p in 0..100)."""
     if not sorted_vals:
         return float("nan")
@@ -80,7 +83,7 @@ def percentile(sorted_vals: List[float], p: float) -> float:
     return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (k - lo)
 
 
-def w1_metrics(rates: List[float], latencies_s: List[float], steps_per_workflow: int = 3) -> Dict[str, Any]:
+def w1_metrics(rates: list[float], latencies_s: list[float], steps_per_workflow: int = 3) -> dict[str, Any]:
     med = statistics.median(rates)
     lat = sorted(x * 1000.0 for x in latencies_s)
     return {
@@ -117,7 +120,7 @@ def wait_port(port: int, timeout: float = 60.0, proc: Any = None) -> None:
 # ---------------------------------------------------------------- process measurement (psutil)
 
 
-def process_tree(pid: int) -> List[Any]:
+def process_tree(pid: int) -> list[Any]:
     import psutil
 
     try:
@@ -127,13 +130,13 @@ def process_tree(pid: int) -> List[Any]:
         return []
 
 
-def measure_processes(groups: Dict[str, List[int]], window_s: float = CPU_WINDOW_S) -> Dict[str, Any]:
+def measure_processes(groups: dict[str, list[int]], window_s: float = CPU_WINDOW_S) -> dict[str, Any]:
     """RSS (MB, summed over each group's process trees) and CPU % of one core averaged over window_s."""
     import psutil
 
-    procs: Dict[str, List[Any]] = {}
+    procs: dict[str, list[Any]] = {}
     for name, roots in groups.items():
-        seen: Dict[int, Any] = {}
+        seen: dict[int, Any] = {}
         for r in roots:
             for p in process_tree(r):
                 seen[p.pid] = p
@@ -154,8 +157,8 @@ def measure_processes(groups: Dict[str, List[int]], window_s: float = CPU_WINDOW
     time.sleep(window_s)
     dt = time.monotonic() - t0
     c1 = {n: cpu(ps) for n, ps in procs.items()}
-    rss: Dict[str, float] = {}
-    pss: Dict[str, float] = {}
+    rss: dict[str, float] = {}
+    pss: dict[str, float] = {}
     for n, ps in procs.items():
         tot = totp = 0
         for p in ps:
@@ -170,9 +173,11 @@ def measure_processes(groups: Dict[str, List[int]], window_s: float = CPU_WINDOW
     return {
         "rss_mb": rss,
         "pss_mb": pss,
-        "memory_note": ("rss_mb sums each process's RSS over the group's process tree, so memory shared between "
-                        "processes (e.g. PostgreSQL shared_buffers) is counted once per process; pss_mb splits "
-                        "shared pages among their users and is the group's real footprint"),
+        "memory_note": (
+            "rss_mb sums each process's RSS over the group's process tree, so memory shared between "
+            "processes (e.g. PostgreSQL shared_buffers) is counted once per process; pss_mb splits "
+            "shared pages among their users and is the group's real footprint"
+        ),
         "idle_cpu_pct": {n: round(100.0 * (c1[n] - c0[n]) / dt, 2) for n in procs},
         "process_count": {n: len(ps) for n, ps in procs.items()},
         "cpu_window_s": round(dt, 1),
@@ -183,27 +188,21 @@ def stop_group(proc: Any, sig: int = signal.SIGTERM, timeout: float = 70.0) -> N
     """Signal the process group that `proc` leads (started with start_new_session=True); escalate to SIGKILL."""
     if proc is None:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
     try:
         proc.wait(timeout=timeout)
-    except Exception:
-        try:
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=10)
     # the group's other members (hypercorn workers, …) must be gone too
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and group_alive(proc.pid):
         time.sleep(0.2)
     if group_alive(proc.pid):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def group_alive(pgid: int) -> bool:
@@ -218,7 +217,7 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def leftover_processes(pids: Iterable[int], markers: Iterable[str]) -> List[str]:
+def leftover_processes(pids: Iterable[int], markers: Iterable[str]) -> list[str]:
     """Processes still alive from `pids`, or whose command line contains one of `markers` (e.g. a run dir)."""
     import psutil
 
@@ -238,14 +237,14 @@ def leftover_processes(pids: Iterable[int], markers: Iterable[str]) -> List[str]
     return out
 
 
-def all_pids(roots: Iterable[int]) -> List[int]:
-    out: List[int] = []
+def all_pids(roots: Iterable[int]) -> list[int]:
+    out: list[int] = []
     for r in roots:
         out.extend(p.pid for p in process_tree(r))
     return out
 
 
-def machine_info() -> Dict[str, Any]:
+def machine_info() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
@@ -254,7 +253,7 @@ def machine_info() -> Dict[str, Any]:
     }
 
 
-def pkg_version(name: str) -> Optional[str]:
+def pkg_version(name: str) -> str | None:
     from importlib import metadata
 
     try:
@@ -267,13 +266,14 @@ def write_result(
     out: str,
     system: str,
     workload: str,
-    metrics: Dict[str, Any],
-    versions: Dict[str, Any],
+    *,
+    metrics: dict[str, Any],
+    versions: dict[str, Any],
     durability: str,
     command: str,
-    extra: Optional[Dict[str, Any]] = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    doc: Dict[str, Any] = {
+    doc: dict[str, Any] = {
         "system": system,
         "workload": workload,
         "metrics": metrics,

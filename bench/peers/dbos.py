@@ -15,17 +15,17 @@ from bench.peers import _common as C
 if __name__ == "__main__":
     C.reexec_into_venv("bench.peers.dbos")
 
-import argparse  # noqa: E402
-import glob  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import pwd  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Dict, List, Optional  # noqa: E402
+import argparse
+import glob
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
 PG_USER = "postgres"  # initdb/postgres refuse to run as root; the Debian package creates this user
 
@@ -49,7 +49,7 @@ def pg_bindir() -> Path:
     return Path(cands[-1])
 
 
-def as_pg(cmd: List[str], **kw: Any) -> subprocess.CompletedProcess:
+def as_pg(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess:
     if os.geteuid() == 0:
         cmd = ["runuser", "-u", PG_USER, "--", *cmd]
     return subprocess.run(cmd, check=True, **kw)
@@ -61,7 +61,7 @@ class Postgres:
         self.data = root / "data"
         self.port = C.free_port()
         self.bindir = pg_bindir()
-        self.postmaster_pid: Optional[int] = None
+        self.postmaster_pid: int | None = None
 
     def start(self) -> None:
         if self.root.exists():
@@ -112,7 +112,7 @@ class Postgres:
     def url(self) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/dbos_bench"
 
-    def settings(self) -> Dict[str, str]:
+    def settings(self) -> dict[str, str]:
         import psycopg
 
         with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres") as con:
@@ -143,7 +143,7 @@ class Postgres:
         shutil.rmtree(self.data, ignore_errors=True)
 
 
-def read_event(proc: subprocess.Popen, want: str, timeout: float) -> Dict[str, Any]:
+def read_event(proc: subprocess.Popen, want: str, timeout: float) -> dict[str, Any]:
     import selectors
 
     sel = selectors.DefaultSelector()
@@ -181,17 +181,17 @@ def main() -> None:
     system = f"dbos-{args.backend}"
     run_dir = C.RUNS / f"{system}-{args.workload}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    versions: Dict[str, Any] = {
+    versions: dict[str, Any] = {
         "dbos": C.pkg_version("dbos"),
         "sqlalchemy": C.pkg_version("sqlalchemy"),
         "python": sys.version.split()[0],
     }
     machine = C.machine_info()
-    pg: Optional[Postgres] = None
-    app: Optional[subprocess.Popen] = None
-    pids: List[int] = []
-    metrics: Dict[str, Any] = {}
-    settings: Dict[str, Any] = {}
+    pg: Postgres | None = None
+    app: subprocess.Popen | None = None
+    pids: list[int] = []
+    metrics: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
     try:
         if args.backend == "postgres":
             pg = Postgres(C.WORK / "pg" / f"{args.workload}-{os.getpid()}")
@@ -210,18 +210,20 @@ def main() -> None:
         acmd = [str(C.VENV_PY), "-m", "bench.peers.dbos_app", args.workload, "--db-url", url]
         if args.quick:
             acmd.append("--quick")
-        app = subprocess.Popen(
-            acmd,
-            env=env,
-            cwd=str(run_dir),
-            start_new_session=True,
-            stdout=subprocess.PIPE,
-            stderr=open(run_dir / "app.log", "wb"),
-            text=True,
-        )
+        # the child keeps its own copy of the log fd, so the parent's handle can be closed right away
+        with open(run_dir / "app.log", "wb") as app_log:
+            app = subprocess.Popen(
+                acmd,
+                env=env,
+                cwd=str(run_dir),
+                start_new_session=True,
+                stdout=subprocess.PIPE,
+                stderr=app_log,
+                text=True,
+            )
         launched = read_event(app, "launched", 300)
         settings.update({k: v for k, v in launched.items() if k.startswith("sqlite_")})
-        groups: Dict[str, List[int]] = {"dbos app (python)": [app.pid]}
+        groups: dict[str, list[int]] = {"dbos app (python)": [app.pid]}
         if pg is not None and pg.postmaster_pid:
             groups["postgres"] = [pg.postmaster_pid]
         if args.workload == "W1":
@@ -267,10 +269,10 @@ def main() -> None:
         out,
         system,
         args.workload,
-        metrics,
-        versions,
-        DURABILITY[args.backend],
-        cmd,
+        metrics=metrics,
+        versions=versions,
+        durability=DURABILITY[args.backend],
+        command=cmd,
         extra={"settings": settings, "machine": machine, "leftover_processes": left, "logs": str(run_dir)},
     )
 

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -41,47 +41,47 @@ def emit(**kw: Any) -> None:
     sys.stdout.flush()
 
 
-def _step_out(i: int, ref: str) -> Dict[str, Any]:
+def _step_out(i: int, ref: str) -> dict[str, Any]:
     return {"step": i, "ok": True, "ref": ref[:12], "pad": "x" * 8}
 
 
 @DBOS.step()
-async def noop_step(i: int, ref: str) -> Dict[str, Any]:
+async def noop_step(i: int, ref: str) -> dict[str, Any]:
     return _step_out(i, ref)
 
 
 @DBOS.workflow()
-async def chain(req: Dict[str, Any]) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
+async def chain(req: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for i in (1, 2, 3):
         out = await noop_step(i, str(req["id"]))
     return out
 
 
 @DBOS.workflow()
-async def sleeper(req: Dict[str, Any]) -> Dict[str, Any]:
+async def sleeper(req: dict[str, Any]) -> dict[str, Any]:
     out = await noop_step(1, str(req["id"]))
     await DBOS.sleep_async(3600)
     return out
 
 
-async def w1(quick: bool) -> Dict[str, Any]:
+async def w1(quick: bool) -> dict[str, Any]:
     m = C.mode(quick)
 
-    async def call(inp: Dict[str, Any]) -> Dict[str, Any]:
+    async def call(inp: dict[str, Any]) -> dict[str, Any]:
         h = await DBOS.start_workflow_async(chain, inp)
         return await h.get_result()
 
     for i in range(C.W1_WARMUP):
         await call(C.work_input(i, "warm"))
 
-    rates: List[float] = []
+    rates: list[float] = []
     sem = asyncio.Semaphore(C.START_CONCURRENCY)
     for rep in range(C.W1_SAT_REPEATS[m]):
         n = C.W1_SAT_N[m]
 
-        async def one(i: int) -> None:
-            inp = C.work_input(i, f"sat{rep}")
+        async def one(i: int, tag: str) -> None:
+            inp = C.work_input(i, tag)
             async with sem:
                 h = await DBOS.start_workflow_async(chain, inp)
             out = await h.get_result()
@@ -89,14 +89,14 @@ async def w1(quick: bool) -> Dict[str, Any]:
                 raise RuntimeError(f"bad result {out}")
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(n)))
+        await asyncio.gather(*(one(i, f"sat{rep}") for i in range(n)))
         dt = time.perf_counter() - t0
         rates.append(n / dt)
         C.log(f"W1 saturated rep {rep}: {n} runs in {dt:.2f}s = {n / dt:.1f} wf/s")
 
     for i in range(C.W1_WARMUP):
         await call(C.work_input(i, "warm2"))
-    lats: List[float] = []
+    lats: list[float] = []
     for i in range(C.W1_CLOSED_N[m]):
         inp = C.work_input(i, "cl")
         t0 = time.perf_counter()
@@ -133,7 +133,7 @@ def _count_parked(url: str) -> int:
 async def w3(quick: bool, url: str) -> None:
     n = C.W3_N[C.mode(quick)]
     sem = asyncio.Semaphore(C.START_CONCURRENCY)
-    handles: List[Any] = []
+    handles: list[Any] = []
 
     async def one(i: int) -> None:
         async with sem:
@@ -167,7 +167,7 @@ def main() -> None:
     args = ap.parse_args()
     DBOS(config={"name": "bench_peers", "system_database_url": args.db_url, "log_level": "WARNING"})
     DBOS.launch()
-    info: Dict[str, Any] = {}
+    info: dict[str, Any] = {}
     if args.db_url.startswith("sqlite"):
         import sqlite3
 

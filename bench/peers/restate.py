@@ -14,14 +14,14 @@ from bench.peers import _common as C
 if __name__ == "__main__":
     C.reexec_into_venv("bench.peers.restate")
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from typing import Any, Dict, List, Tuple  # noqa: E402
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
 
 DURABILITY = (
     "Restate server defaults (single node, replicated loglet on the local log-server, replication 1): "
@@ -32,7 +32,7 @@ DURABILITY = (
 )
 
 
-def _http(method: str, url: str, body: Any = None, timeout: float = 60) -> Tuple[int, bytes]:
+def _http(method: str, url: str, body: Any = None, timeout: float = 60) -> tuple[int, bytes]:
     """Tiny blocking HTTP helper for setup calls (status, body); status 0 when the connection fails."""
     import json
     import urllib.error
@@ -58,7 +58,7 @@ class RestateSystem:
         self.svc_port = C.free_port()
         self.server: subprocess.Popen | None = None
         self.service: subprocess.Popen | None = None
-        self.pids: List[int] = []
+        self.pids: list[int] = []
 
     @property
     def ingress(self) -> str:
@@ -89,14 +89,16 @@ class RestateSystem:
             "--bind-address",
             f"127.0.0.1:{self.node_port}",
         ]
-        self.server = subprocess.Popen(
-            cmd,
-            env=env,
-            cwd=self.run_dir,
-            start_new_session=True,
-            stdout=open(os.path.join(self.run_dir, "server.log"), "wb"),
-            stderr=subprocess.STDOUT,
-        )
+        # the child keeps its own copy of the log fd, so the parent's handle can be closed right away
+        with open(os.path.join(self.run_dir, "server.log"), "wb") as server_log:
+            self.server = subprocess.Popen(
+                cmd,
+                env=env,
+                cwd=self.run_dir,
+                start_new_session=True,
+                stdout=server_log,
+                stderr=subprocess.STDOUT,
+            )
         senv = dict(os.environ)
         senv["PYTHONPATH"] = str(C.ROOT)
         scmd = [
@@ -105,14 +107,15 @@ class RestateSystem:
             f"127.0.0.1:{self.svc_port}",
             "bench.peers.restate_service:app",
         ]
-        self.service = subprocess.Popen(
-            scmd,
-            env=senv,
-            cwd=str(C.ROOT),
-            start_new_session=True,
-            stdout=open(os.path.join(self.run_dir, "service.log"), "wb"),
-            stderr=subprocess.STDOUT,
-        )
+        with open(os.path.join(self.run_dir, "service.log"), "wb") as service_log:
+            self.service = subprocess.Popen(
+                scmd,
+                env=senv,
+                cwd=str(C.ROOT),
+                start_new_session=True,
+                stdout=service_log,
+                stderr=subprocess.STDOUT,
+            )
         C.wait_port(self.admin_port, 120, self.server)
         C.wait_port(self.ingress_port, 120, self.server)
         C.wait_port(self.svc_port, 60, self.service)
@@ -137,11 +140,12 @@ class RestateSystem:
             time.sleep(0.2)
         self.pids = C.all_pids([self.server.pid, self.service.pid])
 
-    def groups(self) -> Dict[str, List[int]]:
-        assert self.server and self.service
+    def groups(self) -> dict[str, list[int]]:
+        assert self.server
+        assert self.service
         return {"restate-server": [self.server.pid], "service (hypercorn)": [self.service.pid]}
 
-    def stop(self) -> List[str]:
+    def stop(self) -> list[str]:
         pids = set(self.pids)
         for p in (self.server, self.service):
             if p is not None:
@@ -153,20 +157,20 @@ class RestateSystem:
         shutil.rmtree(os.path.join(self.run_dir, "data"), ignore_errors=True)
         return left
 
-    async def query(self, client: Any, sql: str) -> List[Dict[str, Any]]:
+    async def query(self, client: Any, sql: str) -> list[dict[str, Any]]:
         async with client.post(f"{self.admin}/query", json={"query": sql}, headers={"accept": "application/json"}) as r:
             r.raise_for_status()
             return (await r.json())["rows"]
 
 
-async def _w1(sysm: RestateSystem, quick: bool) -> Dict[str, Any]:
+async def _w1(sysm: RestateSystem, quick: bool) -> dict[str, Any]:
     import aiohttp
 
     m = C.mode(quick)
     conn = aiohttp.TCPConnector(limit=0)  # no client-side cap on connections (attach calls each hold one)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=600)) as client:
 
-        async def call_sync(key: str, inp: Dict[str, Any]) -> Dict[str, Any]:
+        async def call_sync(key: str, inp: dict[str, Any]) -> dict[str, Any]:
             async with client.post(f"{sysm.ingress}/Chain/{key}/run", json=inp) as r:
                 r.raise_for_status()
                 return await r.json()
@@ -176,18 +180,18 @@ async def _w1(sysm: RestateSystem, quick: bool) -> Dict[str, Any]:
             inp = C.work_input(i, "warm")
             await call_sync(inp["id"], inp)
 
-        rates: List[float] = []
+        rates: list[float] = []
         sem = asyncio.Semaphore(C.START_CONCURRENCY)
         for rep in range(C.W1_SAT_REPEATS[m]):
             n = C.W1_SAT_N[m]
 
-            async def one(i: int) -> None:
-                inp = C.work_input(i, f"sat{rep}")
+            async def one(i: int, tag: str) -> None:
+                inp = C.work_input(i, tag)
                 key = inp["id"]
-                async with sem:  # start call: returns once the ingress has accepted the invocation
-                    async with client.post(f"{sysm.ingress}/Chain/{key}/run/send", json=inp) as r:
-                        r.raise_for_status()
-                        await r.read()
+                # start call: returns once the ingress has accepted the invocation
+                async with sem, client.post(f"{sysm.ingress}/Chain/{key}/run/send", json=inp) as r:
+                    r.raise_for_status()
+                    await r.read()
                 async with client.get(f"{sysm.ingress}/restate/workflow/Chain/{key}/attach") as r:
                     r.raise_for_status()
                     out = await r.json()
@@ -195,7 +199,7 @@ async def _w1(sysm: RestateSystem, quick: bool) -> Dict[str, Any]:
                     raise RuntimeError(f"bad result for {key}: {out}")
 
             t0 = time.perf_counter()
-            await asyncio.gather(*(one(i) for i in range(n)))
+            await asyncio.gather(*(one(i, f"sat{rep}") for i in range(n)))
             dt = time.perf_counter() - t0
             rates.append(n / dt)
             C.log(f"W1 saturated rep {rep}: {n} runs in {dt:.2f}s = {n / dt:.1f} wf/s")
@@ -203,7 +207,7 @@ async def _w1(sysm: RestateSystem, quick: bool) -> Dict[str, Any]:
         for i in range(C.W1_WARMUP):
             inp = C.work_input(i, "warm2")
             await call_sync(inp["id"], inp)
-        lats: List[float] = []
+        lats: list[float] = []
         for i in range(C.W1_CLOSED_N[m]):
             inp = C.work_input(i, "cl")
             t0 = time.perf_counter()
@@ -221,7 +225,7 @@ async def _w1(sysm: RestateSystem, quick: bool) -> Dict[str, Any]:
         return met
 
 
-async def _w3(sysm: RestateSystem, quick: bool) -> Tuple[Dict[str, Any], float]:
+async def _w3(sysm: RestateSystem, quick: bool) -> tuple[dict[str, Any], float]:
     import aiohttp
 
     n = C.W3_N[C.mode(quick)]
@@ -231,10 +235,9 @@ async def _w3(sysm: RestateSystem, quick: bool) -> Tuple[Dict[str, Any], float]:
 
         async def one(i: int) -> None:
             inp = C.work_input(i, "sl")
-            async with sem:
-                async with client.post(f"{sysm.ingress}/Sleeper/{inp['id']}/run/send", json=inp) as r:
-                    r.raise_for_status()
-                    await r.read()
+            async with sem, client.post(f"{sysm.ingress}/Sleeper/{inp['id']}/run/send", json=inp) as r:
+                r.raise_for_status()
+                await r.read()
 
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(n)))
@@ -260,7 +263,9 @@ async def _w3(sysm: RestateSystem, quick: bool) -> Tuple[Dict[str, Any], float]:
             "start_s": round(t_parked, 2),
             "start_calls_s": round(t_sent, 2),
             "start_concurrency": C.START_CONCURRENCY,
-            "parked_means": "the Sleep command is in the journal of every run (admin SQL sys_journal, polled every 0.25 s)",
+            "parked_means": (
+                "the Sleep command is in the journal of every run (admin SQL sys_journal, polled every 0.25 s)"
+            ),
             "states_at_park": rows,
         }
         return met, time.monotonic()
@@ -279,7 +284,7 @@ def main() -> None:
     run_dir = str(C.RUNS / f"restate-{args.workload}-{time.strftime('%Y%m%d-%H%M%S')}")
     versions = {
         "restate-server": subprocess.run(
-            [str(C.RESTATE_BIN), "--version"], capture_output=True, text=True
+            [str(C.RESTATE_BIN), "--version"], capture_output=True, text=True, check=False
         ).stdout.strip(),
         "restate-sdk": C.pkg_version("restate-sdk"),
         "hypercorn": C.pkg_version("hypercorn"),
@@ -288,7 +293,7 @@ def main() -> None:
     }
     machine = C.machine_info()
     sysm = RestateSystem(run_dir)
-    left: List[str] = []
+    left: list[str] = []
     try:
         sysm.start()
         if args.workload == "W1":
@@ -310,10 +315,10 @@ def main() -> None:
         out,
         "restate",
         args.workload,
-        metrics,
-        versions,
-        DURABILITY,
-        cmd,
+        metrics=metrics,
+        versions=versions,
+        durability=DURABILITY,
+        command=cmd,
         extra={"machine": machine, "leftover_processes": left, "logs": run_dir},
     )
 

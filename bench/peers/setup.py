@@ -35,8 +35,8 @@ def run(cmd: list, **kw) -> None:
 
 def pins() -> dict:
     out = {}
-    for line in REQS.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
+    for raw in REQS.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
         if "==" in line:
             name, ver = line.split("==", 1)
             out[name.split("[", 1)[0].strip().lower()] = ver.strip()
@@ -48,13 +48,16 @@ def venv() -> None:
     if not py.exists():
         WORK.mkdir(parents=True, exist_ok=True)
         run([sys.executable, "-m", "venv", VENV])
-    code = ("import json,sys\nfrom importlib import metadata as m\nout={}\n"
-            "for n in json.loads(sys.argv[1]):\n"
-            "    try: out[n]=m.version(n)\n    except m.PackageNotFoundError: out[n]=None\n"
-            "print(json.dumps(out))")
+    code = (
+        "import json,sys\nfrom importlib import metadata as m\nout={}\n"
+        "for n in json.loads(sys.argv[1]):\n"
+        "    try: out[n]=m.version(n)\n    except m.PackageNotFoundError: out[n]=None\n"
+        "print(json.dumps(out))"
+    )
     want = pins()
-    have = json.loads(subprocess.run([py, "-c", code, json.dumps(list(want))], check=True,
-                                     capture_output=True, text=True).stdout)
+    have = json.loads(
+        subprocess.run([py, "-c", code, json.dumps(list(want))], check=True, capture_output=True, text=True).stdout
+    )
     if all((have.get(n) or "").lower() == v.lower() for n, v in want.items()):
         print(f"venv-peers: all {len(want)} pins already installed")
         return
@@ -69,8 +72,17 @@ def restate() -> None:
     if not shutil.which("npm"):
         sys.exit("npm not found: install Node.js (Debian: apt-get install -y nodejs npm)")
     RESTATE_DIR.mkdir(parents=True, exist_ok=True)
-    run(["npm", "install", "--no-fund", "--no-audit", "--prefix", RESTATE_DIR,
-         f"@restatedev/restate-server@{RESTATE_SERVER_VERSION}"])
+    run(
+        [
+            "npm",
+            "install",
+            "--no-fund",
+            "--no-audit",
+            "--prefix",
+            RESTATE_DIR,
+            f"@restatedev/restate-server@{RESTATE_SERVER_VERSION}",
+        ]
+    )
 
 
 def postgres() -> None:
