@@ -9,6 +9,7 @@ suspends the workflow at that ``await``. A call that does not match the journal 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import random
@@ -72,6 +73,7 @@ def idempotency_key(tenant: str, workflow_id: str, step: str, occurrence: int) -
     return f"{tenant}/{workflow_id}/{step}/{occurrence}"
 
 
+@functools.lru_cache(maxsize=4096)
 def function_ref(fn: Callable[..., Any]) -> str:
     """The import path (``module:qualname``) by which a step executor finds ``fn``."""
     qualname = getattr(fn, "__qualname__", "")
@@ -83,6 +85,7 @@ def function_ref(fn: Callable[..., Any]) -> str:
     return f"{module}:{qualname}"
 
 
+@functools.lru_cache(maxsize=4096)
 def _return_type(fn: Callable[..., Any]) -> Any:
     try:
         return typing.get_type_hints(fn).get("return", Any)

@@ -37,6 +37,7 @@ class ReplayLoop(asyncio.AbstractEventLoop):
     def __init__(self, now: float) -> None:
         self._ready: deque[asyncio.Handle] = deque()
         self._now = now
+        self._tasks: list[asyncio.Task[Any]] = []
 
     def call_soon(  # type: ignore[override]  # typeshed's TypeVarTuple form; the behaviour is the same
         self, callback: Callable[..., object], *args: Any, context: ContextVars | None = None
@@ -66,7 +67,9 @@ class ReplayLoop(asyncio.AbstractEventLoop):
 
     def create_task(self, coro: Any, *, name: str | None = None, context: ContextVars | None = None) -> Any:
         """A task of this loop."""
-        return asyncio.Task(coro, loop=self, name=name, context=context)
+        task: asyncio.Task[Any] = asyncio.Task(coro, loop=self, name=name, context=context)
+        self._tasks.append(task)
+        return task
 
     def get_debug(self) -> bool:
         """Never in debug mode."""
@@ -108,7 +111,9 @@ class ReplayLoop(asyncio.AbstractEventLoop):
     def close_tasks(self) -> None:
         """Close the coroutines of a suspended workflow so that nothing of it stays in memory."""
         with self.running():
-            for task in asyncio.all_tasks(self):
+            for task in self._tasks:
+                if task.done():
+                    continue
                 coro = task.get_coro()
                 if isinstance(coro, Coroutine):
                     with contextlib.suppress(BaseException):

@@ -75,6 +75,7 @@ class Workflow:
         self.step_timeout = step_timeout
         self.timeout = timeout
         self._fn: WorkflowFunction | None = None
+        self._takes_input = False
         self.input_type: Any = Any
         self.output_type: Any = Any
         self.triggers: list[Trigger] = []
@@ -90,6 +91,7 @@ class Workflow:
         if len(params) == 2:
             self.input_type = hints.get(params[1].name, Any)
         self.output_type = hints.get("return", Any)
+        self._takes_input = len(params) == 2
         self._fn = fn
         return fn
 
@@ -117,7 +119,8 @@ class Workflow:
     @property
     def takes_input(self) -> bool:
         """Whether main takes an input argument."""
-        return len(inspect.signature(self.fn).parameters) == 2
+        self.fn  # noqa: B018 - raises when main is missing
+        return self._takes_input
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, version={self.version!r})"

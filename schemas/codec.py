@@ -18,6 +18,7 @@ import io
 import struct
 import types
 import typing
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar, Union
@@ -66,6 +67,8 @@ class Codec:
         self.schema: dict[str, Any] = schema
         self.full_name: str = schema["name"]
         canonical = to_parsing_canonical_form(self.schema)
+        # Parsed once: fastavro would otherwise parse a plain dict schema on every read and write.
+        self._parsed = fastavro.parse_schema(schema)
         self.fingerprint = struct.pack("<Q", fingerprint64(canonical.encode()))
         self.prefix = _MARKER + self.fingerprint
         self.header = (SCHEMA_HEADER, self.full_name.encode())
@@ -74,7 +77,7 @@ class Codec:
         """The single-object encoding of ``record``."""
         out = io.BytesIO()
         out.write(self.prefix)
-        fastavro.schemaless_writer(out, self.schema, record)
+        fastavro.schemaless_writer(out, self._parsed, record)
         return out.getvalue()
 
     def decode(self, data: bytes) -> dict[str, Any]:
@@ -86,7 +89,7 @@ class Codec:
         try:
             record = fastavro.schemaless_reader(
                 io.BytesIO(data[10:]),
-                self.schema,
+                self._parsed,
                 None,
                 return_record_name=True,
                 return_record_name_override=True,
@@ -106,11 +109,14 @@ def codec(name: str) -> Codec:
 
 def to_avro(value: Any) -> Any:
     """A dataclass (recursively) as the dict fastavro writes; unions of records are tagged with ``-type``."""
+    cls = type(value)
+    if cls in _PLAIN:
+        return value
+    writer = _WRITERS.get(cls)
+    if writer is not None:
+        return writer(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out: dict[str, Any] = {"-type": f"steady.{type(value).__name__}"}
-        for f in dataclasses.fields(value):
-            out[f.name] = to_avro(getattr(value, f.name))
-        return out
+        return _writer(cls)(value)
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, tuple | list):
@@ -118,13 +124,23 @@ def to_avro(value: Any) -> Any:
     return value
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
+_PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
+_WRITERS: dict[type, Callable[[Any], Any]] = {}
+_READERS: dict[type, Callable[[dict[str, Any]], Any]] = {}
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
+def _writer(cls: type) -> Callable[[Any], Any]:
+    names = [f.name for f in dataclasses.fields(cls)]
+    tag = f"steady.{cls.__name__}"
+
+    def write(value: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"-type": tag}
+        for name in names:
+            out[name] = to_avro(getattr(value, name))
+        return out
+
+    _WRITERS[cls] = write
+    return write
 
 
 def _union_args(tp: Any) -> tuple[Any, ...] | None:
@@ -134,35 +150,58 @@ def _union_args(tp: Any) -> tuple[Any, ...] | None:
     return None
 
 
-def _convert(tp: Any, data: Any) -> Any:
-    if data is None:
-        return None
+def _converter(tp: Any) -> Callable[[Any], Any]:
+    """A function turning what fastavro read for a field of type ``tp`` into the Python value."""
     members = _union_args(tp)
     if members is not None:
         classes = [m for m in members if m is not type(None)]
-        if isinstance(data, tuple):  # (record name, fields) for a union of several records
-            name, data = data
-            short = name.rsplit(".", 1)[-1]
-            for cls in classes:
-                if getattr(cls, "__name__", None) == short:
-                    return from_avro(cls, data)
-            raise CodecError(f"unexpected record {name} for {tp}")
-        return _convert(classes[0], data) if len(classes) == 1 else data
+        by_name = {getattr(c, "__name__", ""): c for c in classes}
+        single = _converter(classes[0]) if len(classes) == 1 else None
+
+        def union(data: Any) -> Any:
+            if data is None:
+                return None
+            if isinstance(data, tuple):  # (record name, fields) for a union of several records
+                name, fields = data
+                cls = by_name.get(name.rsplit(".", 1)[-1])
+                if cls is None:
+                    raise CodecError(f"unexpected record {name} for {tp}")
+                return from_avro(cls, fields)
+            return single(data) if single is not None else data
+
+        return union
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return from_avro(tp, data)
+        cls = tp
+        return lambda data: None if data is None else from_avro(cls, data)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return tp(data)
+        return tp
     if typing.get_origin(tp) is tuple:
-        (item, *_) = typing.get_args(tp)
-        return tuple(_convert(item, v) for v in data)
+        item = _converter(typing.get_args(tp)[0])
+        return lambda data: tuple(item(v) for v in data)
+    return _identity
+
+
+def _identity(data: Any) -> Any:
     return data
+
+
+def _reader(cls: type[T]) -> Callable[[dict[str, Any]], T]:
+    hints = typing.get_type_hints(cls)
+    fields = [(f.name, _converter(hints[f.name])) for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+
+    def read(data: dict[str, Any]) -> T:
+        return cls(**{name: convert(data[name]) for name, convert in fields if name in data})
+
+    _READERS[cls] = read
+    return read
 
 
 def from_avro(cls: type[T], data: dict[str, Any]) -> T:
     """The dataclass ``cls`` from the dict fastavro read (with ``return_record_name=True``)."""
-    hints = _hints(cls)
+    read = _READERS.get(cls) or _reader(cls)
     try:
-        kwargs = {f.name: _convert(hints[f.name], data[f.name]) for f in dataclasses.fields(cls) if f.name in data}  # type: ignore[arg-type]
-        return cls(**kwargs)
+        return read(data)  # type: ignore[no-any-return]
     except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, CodecError):
+            raise
         raise CodecError(f"record does not fit {cls.__name__}: {exc}") from exc

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from actors.actor import Actor
 from actors.commands import Command
@@ -74,6 +74,8 @@ class _Out:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
+    task: StepTask | None = None
+    """A step task, run by this worker as soon as the transaction that records it commits."""
 
 
 @dataclass(slots=True)
@@ -85,7 +87,8 @@ class _TaskOffsets:
     committed: int = -1
 
     def committable(self) -> int | None:
-        nxt = min(self.running) if self.running else self.fetched
+        # Never past a record not fetched yet, nor past a step still running (locally dispatched ones included).
+        nxt = min(self.fetched, *self.running) if self.running else self.fetched
         return nxt if nxt > self.committed else None
 
 
@@ -123,6 +126,9 @@ class Worker:
         self._partitions = settings.partitions
         self._partitioner = DefaultPartitioner()
         self._task_offsets: dict[TopicPartition, _TaskOffsets] = {}
+        self._local_tasks: dict[TopicPartition, set[int]] = {}
+        self._restored: set[int] = set()
+        """Partitions whose local state is up to date with the changelog: only their records are processed."""
         # One store per topic namespace and worker: state of another prefix or worker is never mixed in.
         self._store = RunStore(settings.state_dir / settings.prefix.rstrip(".") / settings.worker_id)
         self._consumer: AIOKafkaConsumer | None = None
@@ -265,13 +271,17 @@ class Worker:
         async with self._lock:
             for tp in revoked:
                 self._task_offsets.pop(tp, None)
+                self._local_tasks.pop(tp, None)
+                self._restored.discard(tp.partition)
         logger.info("revoked %s", sorted((tp.topic, tp.partition) for tp in revoked))
 
     async def assign(self, assigned: set[TopicPartition]) -> None:
         """Bring the local state of newly owned partitions up to date from the changelog."""
         partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topics.inbox)
         began = time.monotonic()
-        restored = await self._restore(partitions)
+        async with self._lock:  # no batch runs against a partition whose state is not restored yet
+            restored = await self._restore(partitions)
+            self._restored |= set(partitions)
         logger.info(
             "assigned partitions %s; restored %d state records in %.2fs",
             partitions,
@@ -367,11 +377,18 @@ class Worker:
         return entry.kind is EntryKind.STEP and entry.state is EntryState.SCHEDULED and entry.attempt == task.attempt
 
     async def _process(self, batch: dict[TopicPartition, list[ConsumerRecord]], *, commit_idle: bool) -> bool:
+        assert self._consumer is not None
         async with self._lock:
             outputs: list[_Out] = []
             states: dict[str, tuple[int, RunState]] = {}
             offsets: dict[TopicPartition, int] = {}
-            for tp, records in batch.items():
+            for tp, records in list(batch.items()):
+                if tp.partition not in self._restored:
+                    # Fetched just before a rebalance gave or took the partition: read it again once restored.
+                    if tp in self._consumer.assignment():
+                        self._consumer.seek(tp, records[0].offset)
+                    del batch[tp]
+                    continue
                 if tp.topic == self.topics.tasks:
                     for record in records:
                         self._accept_task(tp, record, outputs)
@@ -392,6 +409,10 @@ class Worker:
         assert self._executor is not None
         tracked = self._task_offsets.setdefault(tp, _TaskOffsets())
         tracked.fetched = record.offset + 1
+        local = self._local_tasks.get(tp)
+        if local is not None and record.offset in local:
+            local.discard(record.offset)  # already running here since its transaction committed
+            return
         try:
             task = TASK.decode(record.value)
         except CodecError as exc:
@@ -461,7 +482,7 @@ class Worker:
                     timeout_ms=body.options.timeout_ms,
                     at_ms=event.at_ms,
                 )
-                outputs.append(_Out(self.topics.tasks, partition, key, TASK.encode(task), TASK.headers))
+                outputs.append(_Out(self.topics.tasks, partition, key, TASK.encode(task), TASK.headers, task))
             elif isinstance(body, TimerScheduled):
                 record = TimerRecord(command.tenant, command.workflow_id, body.timer, event.at_ms)
                 outputs.append(
@@ -528,8 +549,13 @@ class Worker:
         producer = self._producer
         await producer.begin_transaction()
         try:
+            dispatch = []
             for out in outputs:
-                await producer.send(out.topic, out.value, key=out.key, partition=out.partition, headers=out.headers)
+                sent = await producer.send(
+                    out.topic, out.value, key=out.key, partition=out.partition, headers=out.headers
+                )
+                if out.task is not None:
+                    dispatch.append((out.task, sent))
             pending = {
                 key: await producer.send(
                     self.topics.state, value, key=key.encode(), partition=partition, headers=STATE.headers
@@ -554,3 +580,18 @@ class Worker:
         for tp, offset in offsets.items():
             if tp in self._task_offsets:
                 self._task_offsets[tp].committed = offset
+        for task, sent in dispatch:
+            self._dispatch(task, sent.result())
+
+    def _dispatch(self, task: StepTask, meta: RecordMetadata) -> None:
+        """Run a step whose task this worker just committed, without waiting to read it back from the topic.
+
+        The task record stays on the topic for whoever owns the partition after a crash; when this worker reads
+        it back it skips it. Its offset counts as running until the step's outcome is in the inbox.
+        """
+        assert self._executor is not None
+        tp = TopicPartition(meta.topic, meta.partition)
+        tracked = self._task_offsets.setdefault(tp, _TaskOffsets())
+        tracked.running.add(meta.offset)
+        self._local_tasks.setdefault(tp, set()).add(meta.offset)
+        self._executor.submit(task, lambda: tracked.running.discard(meta.offset))
