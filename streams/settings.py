@@ -31,6 +31,7 @@ class Settings(BaseModel):
     step_concurrency: int = Field(64, ge=1, description="steps run at once")
     step_threads: int = Field(16, ge=1, description="threads for sync steps")
     max_batch: int = Field(500, ge=1, description="inbox records per transaction at most")
+    state_cache: int = Field(5_000, ge=0, description="committed states of recently active runs kept in memory")
     max_payload_bytes: int = Field(1024 * 1024, ge=1, description="larger inbox records go to the dead-letter topic")
     session_timeout_ms: int = Field(10_000, description="consumer group session timeout")
     heartbeat_interval_ms: int = Field(1_000, description="consumer group heartbeat")

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -128,6 +129,9 @@ class Worker:
         self._task_offsets: dict[TopicPartition, _TaskOffsets] = {}
         self._local_tasks: dict[TopicPartition, set[int]] = {}
         self._restored: set[int] = set()
+        self._cache: OrderedDict[str, RunState] = OrderedDict()
+        """Committed states of recently active runs (LRU, ``settings.state_cache`` at most): saves a read and a
+        decode per command. Dropped on every rebalance, since another worker may have moved a run on."""
         """Partitions whose local state is up to date with the changelog: only their records are processed."""
         # One store per topic namespace and worker: state of another prefix or worker is never mixed in.
         self._store = RunStore(settings.state_dir / settings.prefix.rstrip(".") / settings.worker_id)
@@ -269,6 +273,7 @@ class Worker:
     async def revoke(self, revoked: set[TopicPartition]) -> None:
         """Let the batch in progress commit before the partitions go to another worker."""
         async with self._lock:
+            self._cache.clear()
             for tp in revoked:
                 self._task_offsets.pop(tp, None)
                 self._local_tasks.pop(tp, None)
@@ -280,6 +285,7 @@ class Worker:
         partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topics.inbox)
         began = time.monotonic()
         async with self._lock:  # no batch runs against a partition whose state is not restored yet
+            self._cache.clear()
             restored = await self._restore(partitions)
             self._restored |= set(partitions)
         logger.info(
@@ -365,9 +371,26 @@ class Worker:
         parts = list(range(self._partitions))
         return int(self._partitioner(key, parts, parts))
 
+    def _state(self, partition: int, key: str) -> RunState | None:
+        """A run's committed state: from the cache of recently active runs, else from RocksDB."""
+        state = self._cache.get(key)
+        if state is not None:
+            self._cache.move_to_end(key)
+            return state
+        state = self._store.get(partition, key)
+        if state is not None:
+            self._remember(key, state)
+        return state
+
+    def _remember(self, key: str, state: RunState) -> None:
+        self._cache[key] = state
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.settings.state_cache:
+            self._cache.popitem(last=False)
+
     def is_current(self, task: StepTask) -> bool:
         """Whether ``task`` is still the current attempt of a scheduled step of a live run."""
-        state = self._store.get(self.partition_of(task.key.encode()), task.key)
+        state = self._state(self.partition_of(task.key.encode()), task.key)
         if state is None:
             logger.warning("no state for the run of step task %s; running it", task.idempotency_key)
             return True
@@ -445,7 +468,7 @@ class Worker:
             outputs.append(self._dead_letter(record, f"record key {record.key!r} is not the command's run key"))
             return
         cached = states.get(command.key)
-        state = cached[1] if cached is not None else self._store.get(partition, command.key)
+        state = cached[1] if cached is not None else self._state(partition, command.key)
         try:
             outcome = self.actor.handle(state, command)
         except Exception as exc:
@@ -577,6 +600,8 @@ class Worker:
             by_partition[meta.partition] = (writes, max(nxt, meta.offset + 1))
         for partition, (writes, nxt) in by_partition.items():
             self._store.write(partition, writes, nxt)
+        for key, (_, state) in states.items():
+            self._remember(key, state)
         for tp, offset in offsets.items():
             if tp in self._task_offsets:
                 self._task_offsets[tp].committed = offset
