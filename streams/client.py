@@ -249,7 +249,10 @@ class Client:
 
     async def _watch_completions(self) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap, isolation_level="read_committed", enable_auto_commit=False
+            bootstrap_servers=self.settings.bootstrap,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
         )
         await consumer.start()
         try:

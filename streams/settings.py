@@ -31,6 +31,9 @@ class Settings(BaseModel):
     step_concurrency: int = Field(64, ge=1, description="steps run at once")
     step_threads: int = Field(16, ge=1, description="threads for sync steps")
     max_batch: int = Field(500, ge=1, description="inbox records per transaction at most")
+    fetch_max_wait_ms: int = Field(
+        10, ge=0, description="longest a fetch waits at the broker: bounds how late a committed command is seen"
+    )
     state_cache: int = Field(5_000, ge=0, description="committed states of recently active runs kept in memory")
     max_payload_bytes: int = Field(1024 * 1024, ge=1, description="larger inbox records go to the dead-letter topic")
     session_timeout_ms: int = Field(10_000, description="consumer group session timeout")

@@ -170,6 +170,7 @@ class Worker:
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             max_poll_records=s.max_batch,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
         )
         await self._consumer.start()
         await self.timers.start()
@@ -423,7 +424,9 @@ class Worker:
                 nxt = tracked.committable()
                 if nxt is not None:
                     offsets[tp] = nxt
-            if not outputs and not states and not (offsets and (commit_idle or batch)):
+            # Offsets alone (a step task read back, a duplicate dropped) wait for the next batch with effects or
+            # for the idle commit: re-reading them after a crash changes nothing.
+            if not outputs and not states and not (offsets and commit_idle):
                 return False
             await self._commit(outputs, states, offsets, batch)
             return True
