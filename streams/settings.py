@@ -32,7 +32,7 @@ class Settings(BaseModel):
     step_threads: int = Field(16, ge=1, description="threads for sync steps")
     max_batch: int = Field(500, ge=1, description="inbox records per transaction at most")
     fetch_max_wait_ms: int = Field(
-        10, ge=0, description="longest a fetch waits at the broker: bounds how late a committed command is seen"
+        100, ge=0, description="longest a fetch waits at the broker (latency against idle CPU)"
     )
     state_cache: int = Field(5_000, ge=0, description="committed states of recently active runs kept in memory")
     max_payload_bytes: int = Field(1024 * 1024, ge=1, description="larger inbox records go to the dead-letter topic")
