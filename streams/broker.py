@@ -140,7 +140,7 @@ def ensure_jars(jars: Path) -> Path:
     if mvn is None:
         raise BrokerError("Maven (mvn) is needed once to fetch Kafka's jars; install it or set STEADY_KAFKA_JARS")
     logger.info("fetching Kafka %s jars into %s", KAFKA_VERSION, jars)
-    cmd = [mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies", f"-DoutputDirectory={jars.resolve()}"]
+    cmd = [mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies", f"-Dkafka.lib.dir={jars.resolve()}"]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise BrokerError(f"mvn could not fetch Kafka's jars:\n{done.stdout}\n{done.stderr}")
