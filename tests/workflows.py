@@ -210,9 +210,15 @@ ticket = Workflow("ticket")
 ticket.trigger(os.environ.get("STEADY_TEST_TRIGGER_TOPIC", "tickets.opened"), id_from="offset")
 
 
+async def route(text: str) -> str:
+    """Route a ticket; takes $STEADY_TEST_STEP_SLEEP seconds (default 0) so a test can kill its worker mid-way."""
+    await asyncio.sleep(float(os.environ.get("STEADY_TEST_STEP_SLEEP", "0")))
+    return text.upper()
+
+
 @ticket.main
 async def run_ticket(ctx: Context, body: dict[str, object]) -> str:
-    return await ctx.step("route", shout, str(body.get("subject", "")))
+    return await ctx.step("route", route, str(body.get("subject", "")))
 
 
 app.add(late_waiter)

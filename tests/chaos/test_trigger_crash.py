@@ -36,14 +36,20 @@ async def test_trigger_starts_exactly_one_run_per_record_across_a_crash(settings
     finally:
         await producer.stop()
 
-    env = {"STEADY_TEST_TRIGGER_TOPIC": topic, "STEADY_SESSION_TIMEOUT_MS": "6000"}
+    # 500 steps of 50 ms, 4 at a time: about 6 s of work, so the kill lands mid-way.
+    env = {
+        "STEADY_TEST_TRIGGER_TOPIC": topic,
+        "STEADY_SESSION_TIMEOUT_MS": "6000",
+        "STEADY_TEST_STEP_SLEEP": "0.05",
+        "STEADY_STEP_CONCURRENCY": "4",
+    }
     first = WorkerProcess(settings, "tests.workflows:trigger_app", tmp_path / "worker1.log", env)
     second = WorkerProcess(settings, "tests.workflows:trigger_app", tmp_path / "worker2.log", env)
     try:
         first.start()
 
         async def some_done() -> bool:
-            return len(await completions(settings.bootstrap, settings.prefix)) >= 50
+            return len(await completions(settings.bootstrap, settings.prefix)) >= 20
 
         await eventually(some_done, timeout=120, interval=0.2)
         first.kill()

@@ -34,9 +34,9 @@ async def test_killed_worker_loses_no_run_and_repeats_no_recorded_step(settings:
     journal.touch()
     env = {
         "STEADY_TEST_JOURNAL": str(journal),
-        "STEADY_TEST_STEP_SLEEP": "0.05",
+        "STEADY_TEST_STEP_SLEEP": "0.1",
         "STEADY_SESSION_TIMEOUT_MS": "6000",
-        "STEADY_STEP_CONCURRENCY": "8",
+        "STEADY_STEP_CONCURRENCY": "4",
     }
     first = WorkerProcess(settings, "tests.workflows:app", tmp_path / "worker1.log", env)
     second = WorkerProcess(settings, "tests.workflows:app", tmp_path / "worker2.log", env)
