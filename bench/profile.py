@@ -30,14 +30,14 @@ async def _drive(bootstrap: str, runs: int) -> float:
     async with Client(bootstrap, prefix=prefix):
         pass  # creates the topics
     log = WORK / "profile-worker.log"
-    worker = subprocess.Popen(
+    worker = subprocess.Popen(  # noqa: ASYNC220 - started once, before any load
         [sys.executable, "-m", "cProfile", "-o", str(WORK / "worker.prof"), "-m", "streams.cli", "worker",
          "--app", "bench.apps:app", "--bootstrap", bootstrap, "--prefix", prefix, "--worker-id", "profile",
          "--state-dir", str(WORK / "profile-state")],
         stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ},
     )  # fmt: skip
     try:
-        while b"assigned partitions" not in log.read_bytes():
+        while b"assigned partitions" not in log.read_bytes():  # noqa: ASYNC110 - another process writes the log
             await asyncio.sleep(0.2)
         async with Client(bootstrap, prefix=prefix) as client:
             slots = asyncio.Semaphore(200)
