@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.partitioner import DefaultPartitioner
 
 from actors import payload
 from actors.commands import CancelWorkflow, Command, CommandBody, SendEvent, StartWorkflow
@@ -31,7 +30,7 @@ from actors.workflow import Workflow
 from streams.clock import WallClock
 from streams.records import COMMAND, COMPLETION, DEAD_LETTER, EVENT, STATE, Completion, DeadLetter
 from streams.settings import Settings
-from streams.topics import Topics, ensure_topics, read_topic
+from streams.topics import RunPartitioner, Topics, ensure_topics, read_topic
 
 
 def _encode(value: Any) -> payload.Payload:
@@ -97,8 +96,7 @@ class Client:
         self.topics = Topics.named(self.settings.prefix)
         self.tenant = tenant
         self._producer: AIOKafkaProducer | None = None
-        self._partitioner = DefaultPartitioner()
-        self._partitions = 0
+        self._partition = RunPartitioner(self.settings.partitions)
         self._created_ms = WallClock().now_ms()
         self._watch: asyncio.Task[None] | None = None
         self._done: dict[str, Completion] = {}
@@ -119,7 +117,7 @@ class Client:
                 bootstrap_servers=self.settings.bootstrap, enable_idempotence=True, acks="all", linger_ms=1
             )
             await producer.start()
-            self._partitions = len(await producer.partitions_for(self.topics.inbox))
+            self._partition = await RunPartitioner.of(producer, self.topics)
             self._producer = producer
         return self._producer
 
@@ -132,10 +130,6 @@ class Client:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
-
-    def _partition(self, key: str) -> int:
-        parts = list(range(self._partitions))
-        return int(self._partitioner(key.encode(), parts, parts))
 
     # -- starting and following runs ------------------------------------------------------------------------
 
@@ -190,7 +184,7 @@ class Client:
             self.topics.inbox,
             value,
             key=command.key.encode(),
-            partition=self._partition(command.key),
+            partition=self._partition(command.key.encode()),
             headers=COMMAND.headers,
         )
 
@@ -256,7 +250,7 @@ class Client:
         )
         await consumer.start()
         try:
-            tps = [TopicPartition(self.topics.completions, p) for p in range(self._partitions)]
+            tps = [TopicPartition(self.topics.completions, p) for p in range(self._partition.partitions)]
             consumer.assign(tps)
             # Terminal records of runs this client starts come after it was created; earlier ones are scanned.
             since = await consumer.offsets_for_times(dict.fromkeys(tps, self._created_ms - 5000))
@@ -341,7 +335,7 @@ class Client:
         if letter.value is None:
             raise ValueError(f"dead letter {partition}:{offset} kept no value to resubmit")
         producer = await self._connect()
-        target = self._partition(letter.key.decode()) if letter.key and letter.topic == self.topics.inbox else None
+        target = self._partition(letter.key) if letter.key and letter.topic == self.topics.inbox else None
         await producer.send_and_wait(
             letter.topic,
             letter.value,
@@ -374,7 +368,7 @@ class Client:
         )
         await consumer.start()
         try:
-            tp = TopicPartition(topic, self._partition(key))
+            tp = TopicPartition(topic, self._partition(key.encode()))
             consumer.assign([tp])
             end = (await consumer.end_offsets([tp]))[tp]
             start = 0

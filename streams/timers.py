@@ -22,7 +22,6 @@ import struct
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 from rocksdict import Options, Rdict, WriteBatch
 
@@ -31,7 +30,7 @@ from schemas.codec import CodecError
 from streams.clock import Clock
 from streams.records import COMMAND, TIMER
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.topics import Topics, group_consumer
 
 logger = logging.getLogger(__name__)
 
@@ -156,17 +155,7 @@ class TimerService:
             bootstrap_servers=s.bootstrap, enable_idempotence=True, acks="all", linger_ms=1
         )
         await self._producer.start()
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap,
-            group_id=f"{s.prefix}timers",
-            client_id=f"steady-timers-{s.worker_id}",
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            partition_assignment_strategy=(RangePartitionAssignor,),
-            session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=s.heartbeat_interval_ms,
-        )
+        self._consumer = group_consumer(s, f"{s.prefix}timers", f"steady-timers-{s.worker_id}")
         await self._consumer.start()
         self._consumer.subscribe([self.topics.timers], listener=_Rebalance(self))
 

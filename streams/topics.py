@@ -11,9 +11,11 @@ import logging
 import time
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
 from streams.settings import Settings
@@ -124,3 +126,37 @@ async def read_topic(bootstrap: str, topic: str, *, timeout: float = 120.0) -> l
         return out
     finally:
         await consumer.stop()
+
+
+class RunPartitioner:
+    """The partition of a run key on every Steady topic: Kafka's default murmur2, over the topics' real count."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self._all = list(range(partitions))
+        self._murmur2 = DefaultPartitioner()
+
+    def __call__(self, key: bytes) -> int:
+        """The partition of ``key``."""
+        return int(self._murmur2(key, self._all, self._all))
+
+    @classmethod
+    async def of(cls, producer: AIOKafkaProducer, topics: Topics) -> RunPartitioner:
+        """The partitioner for the inbox's partition count as the cluster reports it."""
+        return cls(len(await producer.partitions_for(topics.inbox)))
+
+
+def group_consumer(settings: Settings, group: str, client_id: str, **options: object) -> AIOKafkaConsumer:
+    """A read_committed consumer in ``group`` with manual offsets and the range assignor (co-partitioning)."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap,
+        group_id=group,
+        client_id=client_id,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        partition_assignment_strategy=(RangePartitionAssignor,),
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        **options,
+    )

@@ -15,7 +15,6 @@ import logging
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
 from actors import payload
@@ -25,7 +24,7 @@ from actors.workflow import Trigger, Workflow
 from streams.clock import Clock
 from streams.records import COMMAND, DEAD_LETTER, DeadLetter
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.topics import RunPartitioner, Topics
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +40,7 @@ class TriggerRunner:
         self.topics = Topics.named(settings.prefix)
         self.group = trigger.group or f"{settings.prefix}trigger.{workflow.name}.{trigger.topic}"
         self.started = 0
-        self._partitioner = DefaultPartitioner()
-        self._partitions = settings.partitions
+        self._partition = RunPartitioner(settings.partitions)
 
     async def run(self) -> None:
         """Start runs for the topic's records until cancelled."""
@@ -61,7 +59,7 @@ class TriggerRunner:
         await producer.start()
         await consumer.start()
         try:
-            self._partitions = len(await producer.partitions_for(self.topics.inbox))
+            self._partition = await RunPartitioner.of(producer, self.topics)
             logger.info("trigger %s -> %s in group %s", self.trigger.topic, self.workflow.name, self.group)
             backoff = 0.1
             while True:
@@ -110,13 +108,12 @@ class TriggerRunner:
             body=StartWorkflow(self.workflow.name, payload.encode(value), self.workflow.version),
         )
         key = run_key(tenant, workflow_id).encode()
-        parts = list(range(self._partitions))
         self.started += 1
         return await producer.send(  # type: ignore[no-any-return]
             self.topics.inbox,
             COMMAND.encode(command),
             key=key,
-            partition=int(self._partitioner(key, parts, parts)),
+            partition=self._partition(key),
             headers=COMMAND.headers,
         )
 
@@ -131,6 +128,6 @@ class TriggerRunner:
             self.topics.dead_letter,
             DEAD_LETTER.encode(letter),
             key=record.key,
-            partition=record.partition % self._partitions,
+            partition=record.partition % self._partition.partitions,
             headers=DEAD_LETTER.headers,
         )

@@ -21,9 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError, ProducerFenced
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from actors.actor import Actor
@@ -59,7 +57,7 @@ from streams.records import (
 from streams.settings import Settings
 from streams.store import RunStore
 from streams.timers import TimerService
-from streams.topics import Topics, ensure_topics
+from streams.topics import RunPartitioner, Topics, ensure_topics, group_consumer
 from streams.trigger import TriggerRunner
 
 logger = logging.getLogger(__name__)
@@ -124,8 +122,7 @@ class Worker:
         self.ready = asyncio.Event()
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
-        self._partitions = settings.partitions
-        self._partitioner = DefaultPartitioner()
+        self._partition: RunPartitioner = RunPartitioner(settings.partitions)
         self._task_offsets: dict[TopicPartition, _TaskOffsets] = {}
         self._local_tasks: dict[TopicPartition, set[int]] = {}
         self._restored: set[int] = set()
@@ -159,22 +156,16 @@ class Worker:
             is_current=self.is_current,
             clock=self.clock,
         )
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap,
-            group_id=s.group,
-            client_id=f"steady-{s.worker_id}",
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            partition_assignment_strategy=(RangePartitionAssignor,),
-            session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=s.heartbeat_interval_ms,
+        self._partition = await RunPartitioner.of(self._reports, self.topics)
+        self._consumer = group_consumer(
+            s,
+            s.group,
+            f"steady-{s.worker_id}",
             max_poll_records=s.max_batch,
             fetch_max_wait_ms=s.fetch_max_wait_ms,
         )
         await self._consumer.start()
         await self.timers.start()
-        self._partitions = len(self._consumer.partitions_for_topic(self.topics.inbox) or ()) or s.partitions
         self._consumer.subscribe([self.topics.inbox, self.topics.tasks], listener=_Rebalance(self))
         logger.info("worker %s joined group %s on %s", s.worker_id, s.group, s.bootstrap)
 
@@ -369,8 +360,7 @@ class Worker:
 
     def partition_of(self, key: bytes) -> int:
         """The partition of ``key`` on every Steady topic (Kafka's murmur2 default partitioner)."""
-        parts = list(range(self._partitions))
-        return int(self._partitioner(key, parts, parts))
+        return self._partition(key)
 
     def _state(self, partition: int, key: str) -> RunState | None:
         """A run's committed state: from the cache of recently active runs, else from RocksDB."""
@@ -542,7 +532,9 @@ class Worker:
         letter = DeadLetter(
             record.topic, record.partition, record.offset, record.key, value, reason, self.clock.now_ms()
         )
-        partition = self.partition_of(record.key) if record.key is not None else record.partition % self._partitions
+        partition = (
+            self.partition_of(record.key) if record.key is not None else record.partition % self._partition.partitions
+        )
         return _Out(self.topics.dead_letter, partition, record.key, DEAD_LETTER.encode(letter), DEAD_LETTER.headers)
 
     async def _roll_back(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:

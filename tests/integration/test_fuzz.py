@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
@@ -84,4 +82,3 @@ async def test_fuzzed_inbox_records_crash_nothing_and_leave_other_runs_alone(set
         kept = {(letter.value or b"")[:100] for _, _, letter in letters}
         assert undecodable <= kept
         print(f"fuzz: {len(corpus)} records, {len(undecodable)} undecodable, {len(letters)} dead letters")
-        await asyncio.sleep(0)
