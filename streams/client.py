@@ -113,9 +113,7 @@ class Client:
     async def _connect(self) -> AIOKafkaProducer:
         if self._producer is None:
             await ensure_topics(self.settings)
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.settings.bootstrap, enable_idempotence=True, acks="all", linger_ms=1
-            )
+            producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, enable_idempotence=True, acks="all")
             await producer.start()
             self._partition = await RunPartitioner.of(producer, self.topics)
             self._producer = producer
@@ -253,8 +251,9 @@ class Client:
             tps = [TopicPartition(self.topics.completions, p) for p in range(self._partition.partitions)]
             consumer.assign(tps)
             # Terminal records of runs this client starts come after it was created; earlier ones are scanned.
-            since = await consumer.offsets_for_times(dict.fromkeys(tps, self._created_ms - 5000))
+            # The ends are read first: a record committed between the two lookups is then read, not skipped.
             ends = await consumer.end_offsets(tps)
+            since = await consumer.offsets_for_times(dict.fromkeys(tps, self._created_ms - 5000))
             for tp in tps:
                 found = since.get(tp)
                 consumer.seek(tp, found.offset if found is not None else ends[tp])
