@@ -432,6 +432,18 @@ class Actor:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
+    @staticmethod
+    def answers(state: RunState | None, command: Command) -> bool:
+        """Whether ``command`` is a step result or timer firing that the run in ``state`` takes now.
+
+        True for the outcome of a step's current attempt and for the firing of one of the run's live timers;
+        False for anything else, including an outcome or firing that would be dropped as stale or duplicate.
+        """
+        if state is None or not isinstance(command.body, CompleteStep | FailStep | FireTimer):
+            return False
+        decision = decide(state, command)
+        return bool(decision.events) and not isinstance(decision.events[0], StepResultDropped)
+
     def handle(self, state: RunState | None, command: Command) -> Outcome:
         """Apply ``command`` to the run in ``state``; run the workflow code when a result it awaits arrived."""
         body = command.body

@@ -2,7 +2,9 @@
 
 At most ``concurrency`` steps run at once (see :func:`streams.steps.run_step` for how one runs). A task is
 only run while it is still the current attempt of a scheduled step (``is_current``), so a step whose result
-was recorded is never executed again, even when its task is read a second time after a crash.
+was recorded is never executed again, even when its task is read a second time after a crash, and an
+attempt already running here is not started a second time. Once an outcome is in the inbox, ``on_reported``
+hears of it (the worker applies it at once when it can).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
 
 from actors.commands import Command, CompleteStep, FailStep
 from actors.context import StepInfo
@@ -38,6 +41,7 @@ class StepExecutor:
         concurrency: int,
         threads: int,
         is_current: Callable[[StepTask], bool],
+        on_reported: Callable[[Command, RecordMetadata], None] | None = None,
         clock: Clock,
     ) -> None:
         self._producer = producer
@@ -45,8 +49,9 @@ class StepExecutor:
         self._slots = asyncio.Semaphore(concurrency)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="steady-step")
         self._is_current = is_current
+        self._on_reported = on_reported
         self._clock = clock
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: dict[tuple[str, int, int], asyncio.Task[None]] = {}
         self.executed = 0
         self.skipped = 0
 
@@ -57,9 +62,14 @@ class StepExecutor:
 
     def submit(self, task: StepTask, done: Callable[[], None]) -> None:
         """Run ``task`` in the background; ``done`` is called once it has been reported or skipped."""
+        attempt = task.attempt_id
+        running = self._running.get(attempt)
+        if running is not None:
+            running.add_done_callback(lambda _: done())  # the same attempt is running here already
+            return
         job = asyncio.create_task(self._run(task, done), name=f"step {task.idempotency_key}#{task.attempt}")
-        self._running.add(job)
-        job.add_done_callback(self._running.discard)
+        self._running[attempt] = job
+        job.add_done_callback(lambda _: self._running.pop(attempt, None))
 
     async def _run(self, task: StepTask, done: Callable[[], None]) -> None:
         try:
@@ -86,7 +96,8 @@ class StepExecutor:
             # Past its timeout the actor has failed this attempt: stop waiting and free the slot (an async step is
             # cancelled; a sync one cannot be, and finishes in its thread unheard).
             try:
-                outcome = await asyncio.wait_for(attempt, task.timeout_ms / 1000 + TIMEOUT_GRACE_S)
+                async with asyncio.timeout(task.timeout_ms / 1000 + TIMEOUT_GRACE_S):
+                    outcome = await attempt
             except TimeoutError:
                 logger.warning("step %s attempt %d outlived its timeout", task.idempotency_key, task.attempt)
                 return None
@@ -111,18 +122,22 @@ class StepExecutor:
         backoff = 0.1
         while True:
             try:
-                await self._producer.send_and_wait(
+                meta = await self._producer.send_and_wait(
                     self._inbox, COMMAND.encode(command), key=task.key.encode(), headers=COMMAND.headers
                 )
-                return
             except (KafkaError, TimeoutError, OSError) as exc:
                 logger.warning("reporting step %s failed (%s); retrying in %.1fs", task.idempotency_key, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
+                continue
+            if self._on_reported is not None:
+                self._on_reported(command, meta)
+            return
 
     async def stop(self) -> None:
         """Cancel running steps (their tasks are read again by the next owner) and release the threads."""
-        for job in list(self._running):
+        jobs = list(self._running.values())
+        for job in jobs:
             job.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
+        await asyncio.gather(*jobs, return_exceptions=True)
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -37,6 +37,11 @@ class StepTask:
         """``tenant/workflow_id``."""
         return f"{self.tenant}/{self.workflow_id}"
 
+    @property
+    def attempt_id(self) -> tuple[str, int, int]:
+        """What identifies this attempt of this step of this run: run key, call number, attempt."""
+        return (self.key, self.seq, self.attempt)
+
 
 @dataclass(frozen=True, slots=True)
 class Completion:

@@ -19,10 +19,12 @@ import asyncio
 import contextlib
 import logging
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
 from rocksdict import Options, Rdict, WriteBatch
 
 from actors.commands import Command, FireTimer
@@ -134,15 +136,27 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class TimerService:
-    """Owns partitions of the timers topic and fires their timers into the inbox when due."""
+    """Owns partitions of the timers topic and fires their timers into the inbox when due.
 
-    def __init__(self, settings: Settings, clock: Clock, *, max_batch: int = 500) -> None:
+    ``on_fired`` hears of every firing once it is in the inbox (the worker of the same process applies it at
+    once when it owns the run).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock,
+        *,
+        max_batch: int = 500,
+        on_fired: Callable[[Command, RecordMetadata], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.topics = Topics.named(settings.prefix)
         self.clock = clock
         self.max_batch = max_batch
         self.owned: set[int] = set()
         self.fired = 0
+        self._on_fired = on_fired
         self.store = TimerStore(settings.state_dir / settings.prefix.rstrip(".") / f"{settings.worker_id}-timers")
         self._wake = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
@@ -225,11 +239,13 @@ class TimerService:
             delay = 1.0 if not heads else min(1.0, max(0.0, (min(heads) - self.clock.now_ms()) / 1000))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):  # not wait_for, which can swallow a cancellation in 3.11
+                    await self._wake.wait()
 
     async def _fire(self, partition: int, due: list[tuple[str, bytes]]) -> None:
         assert self._producer is not None
         sent = []
+        commands = []
         for key, value in due:
             record = TIMER.decode(value)
             command = Command(
@@ -239,6 +255,7 @@ class TimerService:
                 at_ms=self.clock.now_ms(),
                 body=FireTimer(record.timer.id, record.timer.due_ms),
             )
+            commands.append(command)
             sent.append(
                 await self._producer.send(
                     self.topics.inbox,
@@ -250,9 +267,12 @@ class TimerService:
             )
         for key, _ in due:
             sent.append(await self._producer.send(self.topics.timers, None, key=key.encode(), partition=partition))
-        await asyncio.gather(*sent)
+        written = await asyncio.gather(*sent)
         self.store.forget(partition, [key for key, _ in due])
         self.fired += len(due)
+        if self._on_fired is not None:
+            for command, meta in zip(commands, written[: len(commands)], strict=True):
+                self._on_fired(command, meta)
 
     async def close(self) -> None:
         """Leave the group and close the store."""

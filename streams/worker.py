@@ -18,8 +18,8 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
+import aiokafka.producer.sender
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.structs import ConsumerRecord, RecordMetadata
@@ -40,6 +40,7 @@ from actors.workflow import Registry
 from schemas.codec import CodecError
 from streams.clock import Clock, WallClock
 from streams.executor import StepExecutor
+from streams.pending import LocalStep, Out, Pending, TaskOffsets
 from streams.records import (
     COMMAND,
     COMPLETION,
@@ -65,30 +66,25 @@ logger = logging.getLogger(__name__)
 DEAD_LETTER_KEEP_BYTES = 512 * 1024
 """Original bytes kept in a dead letter at most (a record must still fit under the broker's size limit)."""
 
+APPLY_CHUNK = 100
+"""Inbox records applied at most between two chances for step outcomes and timer firings to be applied."""
 
-@dataclass(slots=True)
-class _Out:
-    topic: str
-    partition: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-    task: StepTask | None = None
-    """A step task, run by this worker as soon as the transaction that records it commits."""
+COMMIT_LINGER_S = 0.01
+"""How long a transaction may wait for the outcomes of quick steps it started (see ``Worker._linger``)."""
 
+IDLE_COMMIT_S = 1.0
+"""How long consumed offsets without other effects may wait for a transaction."""
 
-@dataclass(slots=True)
-class _TaskOffsets:
-    """Offsets of one tasks partition: the next to read, and those whose steps are still running."""
+TXN_RETRY_BACKOFF_MS = 2
+"""Retry delay of the transactional producer's requests.
 
-    fetched: int = -1
-    running: set[int] = field(default_factory=set)
-    committed: int = -1
+A transaction that begins right after the previous one committed meets the broker still writing that one's
+markers (CONCURRENT_TRANSACTIONS, KAFKA-5477): the coordinator answers within about a millisecond, so the
+request is retried after this, not after aiokafka's defaults (100 ms, and 20 ms for adding partitions).
+Workers commit back to back whenever step outcomes keep arriving, so this wait is on every step's path.
+"""
 
-    def committable(self) -> int | None:
-        # Never past a record not fetched yet, nor past a step still running (locally dispatched ones included).
-        nxt = min(self.fetched, *self.running) if self.running else self.fetched
-        return nxt if nxt > self.committed else None
+aiokafka.producer.sender.BACKOFF_OVERRIDE = TXN_RETRY_BACKOFF_MS / 1000
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -118,25 +114,40 @@ class Worker:
         self.topics = Topics.named(settings.prefix)
         self.actor = Actor(registry)
         self.clock: Clock = clock or WallClock()
-        self.timers = TimerService(settings, self.clock)
+        self.timers = TimerService(settings, self.clock, on_fired=self.offer)
         self.ready = asyncio.Event()
         self._lock = asyncio.Lock()
+        """Held while a transaction commits and while partitions change hands."""
         self._stopping = asyncio.Event()
         self._partition: RunPartitioner = RunPartitioner(settings.partitions)
-        self._task_offsets: dict[TopicPartition, _TaskOffsets] = {}
-        self._local_tasks: dict[TopicPartition, set[int]] = {}
         self._restored: set[int] = set()
+        """Partitions whose local state is up to date with the changelog: only their inputs are applied."""
+        self._open = Pending()
+        """What is being applied now, for the next transaction."""
+        self._committing: Pending | None = None
+        """What the transaction in progress writes."""
+        self._work = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._consumed: dict[TopicPartition, int] = {}
+        """Per inbox partition: every record before this offset has been applied (or skipped)."""
+        self._offered: dict[TopicPartition, set[int]] = {}
+        """Per inbox partition: offsets of records applied before the consumer reached them, to skip then."""
+        self._task_offsets: dict[TopicPartition, TaskOffsets] = {}
+        self._local: dict[tuple[TopicPartition, int], LocalStep] = {}
+        """Steps this worker scheduled and runs itself, by where their task records are (committed ones only)."""
         self._cache: OrderedDict[str, RunState] = OrderedDict()
         """Committed states of recently active runs (LRU, ``settings.state_cache`` at most): saves a read and a
         decode per command. Dropped on every rebalance, since another worker may have moved a run on."""
-        """Partitions whose local state is up to date with the changelog: only their records are processed."""
         # One store per topic namespace and worker: state of another prefix or worker is never mixed in.
         self._store = RunStore(settings.state_dir / settings.prefix.rstrip(".") / settings.worker_id)
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._reports: AIOKafkaProducer | None = None
         self._executor: StepExecutor | None = None
+        self._last_commit = time.monotonic()
         self.applied = 0
+        self.transactions = 0
         self._failure: BaseException | None = None
 
     # -- life cycle ----------------------------------------------------------------------------------------
@@ -154,6 +165,7 @@ class Worker:
             concurrency=s.step_concurrency,
             threads=s.step_threads,
             is_current=self.is_current,
+            on_reported=self.offer,
             clock=self.clock,
         )
         self._partition = await RunPartitioner.of(self._reports, self.topics)
@@ -178,7 +190,7 @@ class Worker:
             transaction_timeout_ms=s.transaction_timeout_ms,
             enable_idempotence=True,
             acks="all",
-            linger_ms=2,
+            retry_backoff_ms=TXN_RETRY_BACKOFF_MS,
         )
         try:
             await producer.start()
@@ -191,7 +203,10 @@ class Worker:
     async def run(self) -> None:
         """Start, then process records until :meth:`stop` is called or the task is cancelled."""
         await self.start()
-        background = [asyncio.create_task(self.timers.run(), name="steady timers")]
+        background = [
+            asyncio.create_task(self.timers.run(), name="steady timers"),
+            asyncio.create_task(self._commits(), name="steady commits"),
+        ]
         background += [
             asyncio.create_task(TriggerRunner(w, t, self.settings, self.clock).run(), name=f"trigger {t.topic}")
             for w in self.registry
@@ -202,9 +217,13 @@ class Worker:
         try:
             await self._loop()
         finally:
-            for task in background:
-                task.cancel()
+            async with self._lock:  # let a transaction in progress finish
+                for task in background:
+                    task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            if self._failure is None:
+                with contextlib.suppress(Exception):
+                    await self._flush(force=True)
             await self.close()
         if self._failure is not None:
             raise self._failure
@@ -212,33 +231,61 @@ class Worker:
     def _background_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
             return
-        # The timer service or a trigger died: stop the worker rather than run on without it.
+        # The committer, the timer service or a trigger died: stop the worker rather than run on without it.
         logger.error("%s failed; stopping the worker", task.get_name(), exc_info=task.exception())
         self._failure = task.exception()
         self.stop()
+        self._room.set()
 
     async def _loop(self) -> None:
         assert self._consumer is not None
-        last_commit = time.monotonic()
-        backoff = 0.0
         while not self._stopping.is_set():
-            batch = await self._consumer.getmany(timeout_ms=200, max_records=self.settings.max_batch)
-            self._flow_control()
-            idle_commit = time.monotonic() - last_commit > 1.0
-            if not (batch or idle_commit):
+            if self._open.inputs >= self.settings.max_batch:
+                # The transaction in progress has not caught up: wait for it rather than pile up more.
+                self._room.clear()
+                await self._room.wait()
                 continue
+            batch = await self._consumer.getmany(timeout_ms=200, max_records=APPLY_CHUNK)
+            self._flow_control()
+            if batch:
+                self._take(batch)
+                await asyncio.sleep(0)  # let step outcomes and timer firings in between chunks
+
+    async def _commits(self) -> None:
+        """Commit what was applied, one transaction at a time, as soon as there is something to commit."""
+        backoff = 0.0
+        while True:
+            # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a cancellation that races with the
+            # wake-up, and the worker would never stop.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(IDLE_COMMIT_S):
+                    await self._work.wait()
+            self._work.clear()
+            await self._linger()
             try:
-                if await self._process(batch, commit_idle=idle_commit):
-                    last_commit = time.monotonic()
+                await self._flush(force=False)
                 backoff = 0.0
             except ProducerFenced:
                 logger.error("another worker runs with id %s: this one stops", self.settings.worker_id)
                 raise
             except (KafkaError, TimeoutError, OSError) as exc:
-                # The broker is away or restarting: the batch was rolled back and will be read again.
+                # The broker is away or restarting: the transaction was rolled back and its inputs are read again.
                 backoff = min(5.0, max(0.25, backoff * 2))
-                logger.warning("batch not committed (%s); retrying in %.2fs", exc, backoff)
+                logger.warning("transaction not committed (%s); retrying in %.2fs", exc, backoff)
                 await asyncio.sleep(backoff)
+
+    async def _linger(self) -> None:
+        """Give steps started from the open transaction a moment to report into it.
+
+        A chain of quick steps then commits once, with its runs' next steps and completions, instead of once per
+        step; nothing waits on the transaction meanwhile (no step is held back for it).
+        """
+        deadline = time.monotonic() + COMMIT_LINGER_S
+        while self._open.awaits_outcomes and (left := deadline - time.monotonic()) > 0:
+            self._work.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._work.wait()
 
     @property
     def failed(self) -> BaseException | None:
@@ -246,7 +293,7 @@ class Worker:
         return self._failure
 
     def stop(self) -> None:
-        """Ask the worker to finish its current batch and leave the group."""
+        """Ask the worker to commit what it applied and leave the group."""
         self._stopping.set()
 
     async def close(self) -> None:
@@ -263,21 +310,31 @@ class Worker:
     # -- partitions ----------------------------------------------------------------------------------------
 
     async def revoke(self, revoked: set[TopicPartition]) -> None:
-        """Let the batch in progress commit before the partitions go to another worker."""
+        """Commit what was applied before the partitions go to another worker."""
+        self._restored -= {tp.partition for tp in revoked}  # from now on their inputs are left to the next owner
         async with self._lock:
+            try:
+                await self._commit_open(force=True)
+            except Exception:
+                logger.warning("could not commit before giving up partitions", exc_info=True)
             self._cache.clear()
             for tp in revoked:
                 self._task_offsets.pop(tp, None)
-                self._local_tasks.pop(tp, None)
-                self._restored.discard(tp.partition)
+                self._consumed.pop(tp, None)
+                self._offered.pop(tp, None)
+            for at in [at for at in self._local if at[0] in revoked]:
+                del self._local[at]
         logger.info("revoked %s", sorted((tp.topic, tp.partition) for tp in revoked))
 
     async def assign(self, assigned: set[TopicPartition]) -> None:
         """Bring the local state of newly owned partitions up to date from the changelog."""
         partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topics.inbox)
         began = time.monotonic()
-        async with self._lock:  # no batch runs against a partition whose state is not restored yet
+        async with self._lock:  # no input is applied to a partition whose state is not restored yet
             self._cache.clear()
+            for tp in assigned:
+                self._consumed.pop(tp, None)
+                self._offered.pop(tp, None)
             restored = await self._restore(partitions)
             self._restored |= set(partitions)
         logger.info(
@@ -356,14 +413,17 @@ class Worker:
         elif self._consumer.paused():
             self._consumer.resume(*task_tps)
 
-    # -- records -------------------------------------------------------------------------------------------
+    # -- states --------------------------------------------------------------------------------------------
 
     def partition_of(self, key: bytes) -> int:
         """The partition of ``key`` on every Steady topic (Kafka's murmur2 default partitioner)."""
         return self._partition(key)
 
     def _state(self, partition: int, key: str) -> RunState | None:
-        """A run's committed state: from the cache of recently active runs, else from RocksDB."""
+        """A run's latest state: applied and not committed yet, else committed (cached, else from RocksDB)."""
+        for pending in (self._open, self._committing):
+            if pending is not None and key in pending.states:
+                return pending.states[key][1]
         state = self._cache.get(key)
         if state is not None:
             self._cache.move_to_end(key)
@@ -390,98 +450,134 @@ class Worker:
         entry = state.journal[task.seq]
         return entry.kind is EntryKind.STEP and entry.state is EntryState.SCHEDULED and entry.attempt == task.attempt
 
-    async def _process(self, batch: dict[TopicPartition, list[ConsumerRecord]], *, commit_idle: bool) -> bool:
-        assert self._consumer is not None
-        async with self._lock:
-            outputs: list[_Out] = []
-            states: dict[str, tuple[int, RunState]] = {}
-            offsets: dict[TopicPartition, int] = {}
-            for tp, records in list(batch.items()):
-                if tp.partition not in self._restored:
-                    # Fetched just before a rebalance gave or took the partition: read it again once restored.
-                    if tp in self._consumer.assignment():
-                        self._consumer.seek(tp, records[0].offset)
-                    del batch[tp]
-                    continue
-                if tp.topic == self.topics.tasks:
-                    for record in records:
-                        self._accept_task(tp, record, outputs)
-                elif tp.topic == self.topics.inbox:
-                    for record in records:
-                        self._apply(record, states, outputs)
-                    offsets[tp] = records[-1].offset + 1
-            for tp, tracked in self._task_offsets.items():
-                nxt = tracked.committable()
-                if nxt is not None:
-                    offsets[tp] = nxt
-            # Offsets alone (a step task read back, a duplicate dropped) wait for the next batch with effects or
-            # for the idle commit: re-reading them after a crash changes nothing.
-            if not outputs and not states and not (offsets and commit_idle):
-                return False
-            await self._commit(outputs, states, offsets, batch)
-            return True
+    # -- inputs --------------------------------------------------------------------------------------------
 
-    def _accept_task(self, tp: TopicPartition, record: ConsumerRecord, outputs: list[_Out]) -> None:
-        assert self._executor is not None
-        tracked = self._task_offsets.setdefault(tp, _TaskOffsets())
-        tracked.fetched = record.offset + 1
-        local = self._local_tasks.get(tp)
-        if local is not None and record.offset in local:
-            local.discard(record.offset)  # already running here since its transaction committed
+    def _take(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Apply a fetched batch of inbox records and accept the step tasks in it."""
+        assert self._consumer is not None
+        pending = self._open
+        for tp, records in batch.items():
+            if tp.partition not in self._restored:
+                # Fetched just before a rebalance gave or took the partition: read it again once restored.
+                if tp in self._consumer.assignment():
+                    self._consumer.seek(tp, records[0].offset)
+                continue
+            if tp.topic == self.topics.tasks:
+                for record in records:
+                    self._accept_task(tp, record, pending)
+                continue
+            offered = self._offered.get(tp)
+            pending.rewind.setdefault(tp, records[0].offset)
+            for record in records:
+                if offered and record.offset in offered:
+                    offered.discard(record.offset)  # applied when it was written
+                    pending.skipped.append((tp, record.offset))
+                else:
+                    self._apply(record, pending)
+                pending.inputs += 1
+            self._consumed[tp] = records[-1].offset + 1
+            pending.offsets[tp] = records[-1].offset + 1
+        self._work.set()
+
+    def offer(self, command: Command, meta: RecordMetadata) -> None:
+        """Apply a step outcome or timer firing this process just wrote to the inbox, without waiting to read it.
+
+        Only what the run takes now is applied (a step's current attempt, a live timer); the rest is left to the
+        consumer. An input applied exactly at the consumer's position is in the inbox's order, and its effects
+        are those any later owner would derive from the inbox; one applied ahead of records not read yet makes
+        its run's new steps wait for the commit. Either way the record is skipped when the consumer reaches it.
+        """
+        tp = TopicPartition(meta.topic, meta.partition)
+        if meta.topic != self.topics.inbox or meta.partition not in self._restored or self._stopping.is_set():
             return
+        if not self.actor.answers(self._state(meta.partition, command.key), command):
+            return
+        pending = self._open
+        if self._consumed.get(tp) == meta.offset:
+            self._consumed[tp] = meta.offset + 1
+            pending.offsets[tp] = meta.offset + 1
+            pending.rewind.setdefault(tp, meta.offset)
+        else:
+            pending.unordered.add(command.key)
+        self._offered.setdefault(tp, set()).add(meta.offset)
+        pending.offered.append((tp, meta.offset))
+        self._handle(command, meta.partition, pending, None)
+        self._work.set()
+
+    def _accept_task(self, tp: TopicPartition, record: ConsumerRecord, pending: Pending) -> None:
+        assert self._executor is not None
+        tracked = self._task_offsets.setdefault(tp, TaskOffsets())
+        tracked.fetched = record.offset + 1
+        if self._local.pop((tp, record.offset), None) is not None:
+            return  # this worker scheduled it and runs it (or ran it) already
         try:
             task = TASK.decode(record.value)
         except CodecError as exc:
-            outputs.append(self._dead_letter(record, f"undecodable step task: {exc}"))
+            pending.outputs.append(self._dead_letter(record, f"undecodable step task: {exc}"))
             return
         tracked.running.add(record.offset)
-        assert self._executor is not None
         self._executor.submit(task, lambda: tracked.running.discard(record.offset))
 
-    def _apply(self, record: ConsumerRecord, states: dict[str, tuple[int, RunState]], outputs: list[_Out]) -> None:
+    def _apply(self, record: ConsumerRecord, pending: Pending) -> None:
         if record.key is None:
-            outputs.append(self._dead_letter(record, "inbox record without a key"))
+            pending.outputs.append(self._dead_letter(record, "inbox record without a key"))
             return
         if record.value is None or len(record.value) > self.settings.max_payload_bytes:
             size = 0 if record.value is None else len(record.value)
             limit = self.settings.max_payload_bytes
-            outputs.append(self._dead_letter(record, f"record of {size} bytes exceeds the limit of {limit} bytes"))
+            pending.outputs.append(
+                self._dead_letter(record, f"record of {size} bytes exceeds the limit of {limit} bytes")
+            )
             return
         partition = self.partition_of(record.key)
         if partition != record.partition:
             # A producer with another partitioner (librdkafka's default is CRC32): route it to its run's owner.
-            outputs.append(_Out(record.topic, partition, record.key, record.value, list(record.headers)))
+            pending.outputs.append(Out(record.topic, partition, record.key, record.value, list(record.headers)))
             return
         try:
             command = COMMAND.decode(record.value)
         except CodecError as exc:
-            outputs.append(self._dead_letter(record, f"undecodable command: {exc}"))
+            pending.outputs.append(self._dead_letter(record, f"undecodable command: {exc}"))
             return
         if command.key.encode() != record.key:
-            outputs.append(self._dead_letter(record, f"record key {record.key!r} is not the command's run key"))
+            pending.outputs.append(self._dead_letter(record, f"record key {record.key!r} is not the command's run key"))
             return
-        cached = states.get(command.key)
-        state = cached[1] if cached is not None else self._state(partition, command.key)
+        self._handle(command, partition, pending, record)
+
+    def _handle(self, command: Command, partition: int, pending: Pending, record: ConsumerRecord | None) -> None:
+        """Apply ``command`` to its run; ``record`` is where it was read (``None``: offered when written)."""
+        state = self._state(partition, command.key)
         try:
             outcome = self.actor.handle(state, command)
         except Exception as exc:
             logger.exception("command %s for %s could not be applied", command.id, command.key)
-            outputs.append(self._dead_letter(record, f"internal error applying {command.id}: {exc!r}"))
+            if record is not None:
+                pending.outputs.append(self._dead_letter(record, f"internal error applying {command.id}: {exc!r}"))
             return
         self.applied += 1
         if outcome.rejected:
-            outputs.append(self._dead_letter(record, outcome.rejected))
+            if record is not None:
+                pending.outputs.append(self._dead_letter(record, outcome.rejected))
             return
         if outcome.state is not None and outcome.events:
-            states[command.key] = (partition, outcome.state)
-        self._emit(command, outcome.state, outcome.events, partition, outputs)
+            pending.states[command.key] = (partition, outcome.state)
+        self._emit(command, outcome.state, outcome.events, partition, pending)
+
+    def _may_start_now(self, key: str) -> bool:
+        """Whether a new step of this run may start before the transaction that schedules it commits.
+
+        It may when every input the run took and did not commit came from the inbox in the inbox's order: a new
+        owner after a crash reads the same inputs in the same order and schedules the same step (the attempt
+        then runs again, as any attempt in flight at a crash does, under the same idempotency key).
+        """
+        return all(p is None or key not in p.unordered for p in (self._open, self._committing))
 
     def _emit(
-        self, command: Command, state: RunState | None, events: list[Event], partition: int, outputs: list[_Out]
+        self, command: Command, state: RunState | None, events: list[Event], partition: int, pending: Pending
     ) -> None:
         key = command.key.encode()
         for event in events:
-            outputs.append(_Out(self.topics.history, partition, key, EVENT.encode(event), EVENT.headers))
+            pending.outputs.append(Out(self.topics.history, partition, key, EVENT.encode(event), EVENT.headers))
             body = event.body
             if isinstance(body, StepScheduled) and state is not None:
                 task = StepTask(
@@ -498,15 +594,21 @@ class Worker:
                     timeout_ms=body.options.timeout_ms,
                     at_ms=event.at_ms,
                 )
-                outputs.append(_Out(self.topics.tasks, partition, key, TASK.encode(task), TASK.headers, task))
+                step = LocalStep(task)
+                pending.outputs.append(Out(self.topics.tasks, partition, key, TASK.encode(task), TASK.headers, step))
+                if self._may_start_now(command.key):
+                    self._start(step)
+                    pending.started.append(step)
+                else:
+                    pending.deferred.append(step)
             elif isinstance(body, TimerScheduled):
                 record = TimerRecord(command.tenant, command.workflow_id, body.timer, event.at_ms)
-                outputs.append(
-                    _Out(self.topics.timers, partition, record.key.encode(), TIMER.encode(record), TIMER.headers)
+                pending.outputs.append(
+                    Out(self.topics.timers, partition, record.key.encode(), TIMER.encode(record), TIMER.headers)
                 )
             elif isinstance(body, TimerCancelled):
                 tombstone = timer_key(command.key, body.timer_id).encode()
-                outputs.append(_Out(self.topics.timers, partition, tombstone, None, []))
+                pending.outputs.append(Out(self.topics.timers, partition, tombstone, None, []))
             elif isinstance(body, WorkflowCompleted | WorkflowFailed | WorkflowCancelled) and state is not None:
                 done = Completion(
                     tenant=state.tenant,
@@ -519,11 +621,24 @@ class Worker:
                     started_at_ms=state.started_at_ms,
                     at_ms=event.at_ms,
                 )
-                outputs.append(
-                    _Out(self.topics.completions, partition, key, COMPLETION.encode(done), COMPLETION.headers)
+                pending.outputs.append(
+                    Out(self.topics.completions, partition, key, COMPLETION.encode(done), COMPLETION.headers)
                 )
 
-    def _dead_letter(self, record: ConsumerRecord, reason: str) -> _Out:
+    def _start(self, step: LocalStep) -> None:
+        """Run a step this worker scheduled, without waiting to read its task back from the topic."""
+        assert self._executor is not None
+        self._executor.submit(step.task, lambda: self._finished(step))
+
+    def _finished(self, step: LocalStep) -> None:
+        step.finished = True
+        self._work.set()
+        if step.partition is not None and step.offset is not None:
+            tracked = self._task_offsets.get(step.partition)
+            if tracked is not None:
+                tracked.running.discard(step.offset)
+
+    def _dead_letter(self, record: ConsumerRecord, reason: str) -> Out:
         logger.warning("dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
         value = record.value
         if value is not None and len(value) > DEAD_LETTER_KEEP_BYTES:
@@ -535,14 +650,103 @@ class Worker:
         partition = (
             self.partition_of(record.key) if record.key is not None else record.partition % self._partition.partitions
         )
-        return _Out(self.topics.dead_letter, partition, record.key, DEAD_LETTER.encode(letter), DEAD_LETTER.headers)
+        return Out(self.topics.dead_letter, partition, record.key, DEAD_LETTER.encode(letter), DEAD_LETTER.headers)
 
-    async def _roll_back(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        """Abort the open transaction (or replace the producer if it cannot) and rewind the batch's inbox reads."""
+    # -- transactions --------------------------------------------------------------------------------------
+
+    async def _flush(self, *, force: bool) -> None:
+        async with self._lock:
+            await self._commit_open(force=force)
+
+    async def _commit_open(self, *, force: bool) -> None:
+        """Commit the open :class:`Pending` in one transaction (the lock is held)."""
+        pending = self._open
+        for tp, tracked in self._task_offsets.items():
+            nxt = tracked.committable()
+            if nxt is not None:
+                pending.offsets[tp] = nxt
+        # Offsets alone (step tasks read back, records applied when written) wait for a transaction with effects
+        # or for a quiet second: reading them again after a crash changes nothing.
+        idle = time.monotonic() - self._last_commit > IDLE_COMMIT_S
+        if not pending.has_effects and not (pending.offsets and (idle or force)):
+            return
+        self._open = Pending()
+        self._room.set()
+        self._committing = pending
+        try:
+            await self._commit(pending)
+        except BaseException:
+            await self._roll_back(pending)
+            raise
+        finally:
+            self._committing = None
+        self._last_commit = time.monotonic()
+
+    async def _commit(self, pending: Pending) -> None:
+        if self._producer is None:
+            self._producer = await self._transactional_producer()
+        encoded = {key: (partition, STATE.encode(state)) for key, (partition, state) in pending.states.items()}
+        producer = self._producer
+        await producer.begin_transaction()
+        tasks = []
+        for out in pending.outputs:
+            sent = await producer.send(out.topic, out.value, key=out.key, partition=out.partition, headers=out.headers)
+            if out.step is not None:
+                tasks.append((out.step, sent))
+        written = {
+            key: await producer.send(
+                self.topics.state, value, key=key.encode(), partition=partition, headers=STATE.headers
+            )
+            for key, (partition, value) in encoded.items()
+        }
+        if pending.offsets:
+            await producer.send_offsets_to_transaction(pending.offsets, self.settings.group)
+        await producer.commit_transaction()
+        self.transactions += 1
+        # Committed: the local copy follows, with the changelog position it now reflects.
+        by_partition: dict[int, tuple[list[tuple[str, bytes | None]], int]] = {}
+        for key, future in written.items():
+            meta = future.result()
+            writes, nxt = by_partition.get(meta.partition, ([], 0))
+            writes.append((key, encoded[key][1]))
+            by_partition[meta.partition] = (writes, max(nxt, meta.offset + 1))
+        for partition, (writes, nxt) in by_partition.items():
+            self._store.write(partition, writes, nxt)
+        for key, (_, state) in pending.states.items():
+            self._remember(key, state)
+        for tp, offset in pending.offsets.items():
+            if tp in self._task_offsets:
+                self._task_offsets[tp].committed = offset
+        for step, future in tasks:
+            meta = future.result()
+            step.partition, step.offset = TopicPartition(meta.topic, meta.partition), meta.offset
+            self._local[(step.partition, step.offset)] = step
+            if not step.finished:
+                self._task_offsets.setdefault(step.partition, TaskOffsets()).running.add(meta.offset)
+        for step in pending.deferred:
+            self._start(step)
+
+    async def _roll_back(self, failed: Pending) -> None:
+        """Abort the transaction and forget everything applied since the last commit; read its inputs again."""
         assert self._consumer is not None
-        for tp, records in batch.items():
-            if tp.topic == self.topics.inbox and tp in self._consumer.assignment():
-                self._consumer.seek(tp, records[0].offset)
+        dropped = [failed, self._open]
+        self._open = Pending()
+        self._room.set()
+        self._cache.clear()  # the cache holds committed states only, but one may have been read from a dropped one
+        for pending in dropped:  # records skipped since are read again: skip them again, unless offered since
+            for tp, offset in pending.skipped:
+                self._offered.setdefault(tp, set()).add(offset)
+        for pending in dropped:
+            for tp, offset in pending.offered:
+                self._offered.get(tp, set()).discard(offset)
+        rewind: dict[TopicPartition, int] = {}
+        for pending in dropped:
+            for tp, offset in pending.rewind.items():
+                rewind[tp] = min(offset, rewind.get(tp, offset))
+        for tp, offset in rewind.items():
+            if tp in self._consumer.assignment():
+                self._consumer.seek(tp, offset)
+            self._consumed[tp] = offset
         if self._producer is None:
             return
         try:
@@ -551,67 +755,4 @@ class Worker:
             logger.warning("could not abort the transaction; the producer is replaced", exc_info=True)
             with contextlib.suppress(Exception):
                 await self._producer.stop()
-            self._producer = None  # a new one (same transactional id) is made before the next batch
-
-    async def _commit(
-        self,
-        outputs: list[_Out],
-        states: dict[str, tuple[int, RunState]],
-        offsets: dict[TopicPartition, int],
-        batch: dict[TopicPartition, list[ConsumerRecord]],
-    ) -> None:
-        assert self._consumer is not None
-        if self._producer is None:
-            self._producer = await self._transactional_producer()
-        encoded = {key: (partition, STATE.encode(state)) for key, (partition, state) in states.items()}
-        producer = self._producer
-        await producer.begin_transaction()
-        try:
-            dispatch = []
-            for out in outputs:
-                sent = await producer.send(
-                    out.topic, out.value, key=out.key, partition=out.partition, headers=out.headers
-                )
-                if out.task is not None:
-                    dispatch.append((out.task, sent))
-            pending = {
-                key: await producer.send(
-                    self.topics.state, value, key=key.encode(), partition=partition, headers=STATE.headers
-                )
-                for key, (partition, value) in encoded.items()
-            }
-            if offsets:
-                await producer.send_offsets_to_transaction(offsets, self.settings.group)
-            await producer.commit_transaction()
-        except BaseException:
-            await self._roll_back(batch)
-            raise
-        # Committed: the local copy follows, with the changelog position it now reflects.
-        by_partition: dict[int, tuple[list[tuple[str, bytes | None]], int]] = {}
-        for key, future in pending.items():
-            meta = future.result()
-            writes, nxt = by_partition.get(meta.partition, ([], 0))
-            writes.append((key, encoded[key][1]))
-            by_partition[meta.partition] = (writes, max(nxt, meta.offset + 1))
-        for partition, (writes, nxt) in by_partition.items():
-            self._store.write(partition, writes, nxt)
-        for key, (_, state) in states.items():
-            self._remember(key, state)
-        for tp, offset in offsets.items():
-            if tp in self._task_offsets:
-                self._task_offsets[tp].committed = offset
-        for task, sent in dispatch:
-            self._dispatch(task, sent.result())
-
-    def _dispatch(self, task: StepTask, meta: RecordMetadata) -> None:
-        """Run a step whose task this worker just committed, without waiting to read it back from the topic.
-
-        The task record stays on the topic for whoever owns the partition after a crash; when this worker reads
-        it back it skips it. Its offset counts as running until the step's outcome is in the inbox.
-        """
-        assert self._executor is not None
-        tp = TopicPartition(meta.topic, meta.partition)
-        tracked = self._task_offsets.setdefault(tp, _TaskOffsets())
-        tracked.running.add(meta.offset)
-        self._local_tasks.setdefault(tp, set()).add(meta.offset)
-        self._executor.submit(task, lambda: tracked.running.discard(meta.offset))
+            self._producer = None  # a new one (same transactional id) is made before the next transaction

@@ -1,0 +1,95 @@
+"""What a worker has applied and not committed yet, and the steps it runs itself.
+
+A worker applies inputs as they arrive and commits their effects in one Kafka transaction at a time. While
+one transaction commits, the next :class:`Pending` collects what arrives meanwhile (group commit). A
+transaction that fails takes every later :class:`Pending` with it: their inputs are read again from the
+inbox, whose records they all are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiokafka import TopicPartition
+
+from actors.model import RunState
+from streams.records import StepTask
+
+
+@dataclass(slots=True)
+class Out:
+    """One record to write in the transaction."""
+
+    topic: str
+    partition: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    step: LocalStep | None = None
+    """For a step task: the local run of that step."""
+
+
+@dataclass(slots=True)
+class LocalStep:
+    """A step attempt that this worker runs itself because it scheduled it.
+
+    Its task record still goes to the tasks topic, for whoever owns the run after a crash; this worker skips it
+    when it reads it back. Until the attempt's outcome is in the inbox, the record's offset holds back the
+    committed position of the tasks partition, so that a crash before then leaves the task to be read again.
+    """
+
+    task: StepTask
+    partition: TopicPartition | None = None
+    offset: int | None = None
+    """Where the task record landed, once its transaction committed."""
+    finished: bool = False
+    """The outcome is in the inbox (or the attempt was skipped)."""
+
+
+@dataclass(slots=True)
+class TaskOffsets:
+    """Offsets of one tasks partition: the next to read, and those whose steps are still running."""
+
+    fetched: int = -1
+    running: set[int] = field(default_factory=set)
+    committed: int = -1
+
+    def committable(self) -> int | None:
+        """The offset to commit now, if it moved: never past a record not read yet nor a step still running."""
+        nxt = min(self.fetched, *self.running) if self.running else self.fetched
+        return nxt if nxt > self.committed else None
+
+
+@dataclass(slots=True)
+class Pending:
+    """Effects applied to runs and not committed yet: the contents of one transaction."""
+
+    outputs: list[Out] = field(default_factory=list)
+    states: dict[str, tuple[int, RunState]] = field(default_factory=dict)
+    """The latest state of each run touched, with its partition."""
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    """Next offsets to commit for the consumed partitions."""
+    rewind: dict[TopicPartition, int] = field(default_factory=dict)
+    """First inbox offset applied from each partition: where to read again if this transaction fails."""
+    offered: list[tuple[TopicPartition, int]] = field(default_factory=list)
+    """Inbox records applied as soon as they were written, before the consumer reached them."""
+    skipped: list[tuple[TopicPartition, int]] = field(default_factory=list)
+    """Inbox records the consumer reached and skipped, because they had been applied when written."""
+    unordered: set[str] = field(default_factory=set)
+    """Runs that took an input ahead of its place in the inbox: their new steps wait for the commit."""
+    deferred: list[LocalStep] = field(default_factory=list)
+    """Steps to start once this transaction commits."""
+    started: list[LocalStep] = field(default_factory=list)
+    """Steps started before this transaction commits (their outcomes may still join it)."""
+    inputs: int = 0
+    """Inbox records applied or skipped."""
+
+    @property
+    def awaits_outcomes(self) -> bool:
+        """Whether steps this transaction schedules are running, and none of its steps waits for it to commit."""
+        return not self.deferred and any(not step.finished for step in self.started)
+
+    @property
+    def has_effects(self) -> bool:
+        """Whether there are records or states to write (not only offsets)."""
+        return bool(self.outputs or self.states)
