@@ -288,6 +288,11 @@ class Worker:
                     await self._work.wait()
 
     @property
+    def steps_executed(self) -> int:
+        """Step attempts this worker ran to an outcome."""
+        return self._executor.executed if self._executor is not None else 0
+
+    @property
     def failed(self) -> BaseException | None:
         """What stopped the worker, if something did."""
         return self._failure

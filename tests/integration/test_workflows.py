@@ -125,3 +125,28 @@ async def test_uncaught_workflow_exception_fails_the_run_with_its_error(worker: 
     assert state is not None
     assert RunStatus.FAILED == state.status
     assert not any(isinstance(e.body, ValueRecorded | WorkflowCompleted) for e in await handle.history())
+
+
+async def test_outcomes_applied_as_written_are_not_applied_again_when_read(
+    worker: Worker, client: Client, settings: Settings
+) -> None:
+    handles = await asyncio.gather(*(client.start(chain, Greeting(name=f"o{i}"), id=f"once-{i}") for i in range(100)))
+    await asyncio.gather(*(h.result(timeout=120) for h in handles))
+
+    runs = await histories(settings.bootstrap, settings.prefix)
+    events = [e for key, run in runs.items() if key.startswith("default/once-") for e in run]
+    kinds = [type(e.body).__name__ for e in events]
+    assert 300 == kinds.count("StepCompleted")
+    assert 0 == kinds.count("StepResultDropped")  # each outcome was applied once, when written or when read
+    assert 300 == worker.steps_executed
+
+
+async def test_a_chain_of_quick_steps_commits_once(worker: Worker, client: Client) -> None:
+    await (await client.start(chain, Greeting(name="warm"), id="warm")).result(timeout=60)
+    before = worker.transactions
+
+    for i in range(5):
+        await (await client.start(chain, Greeting(name=f"c{i}"), id=f"quick-{i}")).result(timeout=60)
+
+    # Start, three steps and completion of a run: one transaction, or a few when a commit was already under way.
+    assert worker.transactions - before <= 10

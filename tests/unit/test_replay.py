@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from actors import Context, RetryPolicy, StepFailed, TerminalError, Workflow
+from actors import Context, RetryPolicy, StepFailed, TerminalError, Workflow, payload
+from actors.actor import Actor
+from actors.commands import Command, CompleteStep, FireTimer, SendEvent
 from actors.errors import ErrorInfo
 from actors.events import StepScheduled, ValueRecorded, WorkflowCompleted, WorkflowFailed, WorkflowStuck
 from actors.model import RunStatus
@@ -308,3 +310,22 @@ def test_input_that_does_not_fit_the_annotation_fails_the_run() -> None:
 
     assert isinstance(events[-1].body, WorkflowFailed)
     assert "InvalidInput" == events[-1].body.error.type
+
+
+def test_only_a_current_step_outcome_or_live_timer_is_taken_out_of_turn() -> None:
+    run = run_of(chain)
+    run.start(chain, 1)
+    assert run.state is not None
+
+    def command(body: object) -> Command:
+        return Command("x", run.tenant, run.workflow_id, 5_000, body)  # type: ignore[arg-type]
+
+    current = command(CompleteStep(0, 1, payload.encode(2), 5_000))
+    assert Actor.answers(run.state, current)
+    assert not Actor.answers(None, current)
+    assert not Actor.answers(run.state, command(CompleteStep(0, 2, payload.encode(2), 5_000)))  # not this attempt
+    assert not Actor.answers(run.state, command(CompleteStep(7, 1, payload.encode(2), 5_000)))  # no such step
+    assert not Actor.answers(run.state, command(FireTimer("no-such-timer", 0)))
+    assert not Actor.answers(run.state, command(SendEvent("approval", payload.encode(1))))
+    run.complete(0, 2)
+    assert not Actor.answers(run.state, current)  # a duplicate
