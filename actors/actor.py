@@ -261,8 +261,15 @@ def evolve(state: RunState | None, event: Event) -> RunState:
         case StepCompleted():
             entry = state.journal[body.seq]
             resolution = state.resolutions + 1
+            # Arguments and policy only serve further attempts; the history keeps them. The snapshot stays small.
             done = replace(
-                entry, state=EntryState.COMPLETED, result=body.result, finished_at_ms=event.at_ms, resolution=resolution
+                entry,
+                state=EntryState.COMPLETED,
+                result=body.result,
+                args=None,
+                options=None,
+                finished_at_ms=event.at_ms,
+                resolution=resolution,
             )
             return replace(state, journal=_set_entry(state, done), resolutions=resolution)
         case StepAttemptFailed():
@@ -272,7 +279,14 @@ def evolve(state: RunState | None, event: Event) -> RunState:
                 entry = replace(entry, attempt=body.attempt + 1)
                 return replace(state, journal=_set_entry(state, entry))
             resolution = state.resolutions + 1
-            entry = replace(entry, state=EntryState.FAILED, finished_at_ms=event.at_ms, resolution=resolution)
+            entry = replace(
+                entry,
+                state=EntryState.FAILED,
+                args=None,
+                options=None,
+                finished_at_ms=event.at_ms,
+                resolution=resolution,
+            )
             return replace(state, journal=_set_entry(state, entry), resolutions=resolution)
         case StepResultDropped():
             return state

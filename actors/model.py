@@ -118,10 +118,11 @@ class JournalEntry:
         occurrence: how many calls of this name came before it, plus one.
         attempt: the current (or last) attempt of a step.
         function: import path of a step's function (``module:qualname``).
-        args: a step's arguments, or a recorded value.
+        args: a step's arguments while it may run again (dropped once it completed or failed for good; the
+            history keeps them), or a recorded value.
         result: a step's result.
         error: a failed step's last error.
-        options: a step's retry policy and timeout.
+        options: a step's retry policy and timeout, while it may run again.
         scheduled_at_ms: when the current attempt was scheduled.
         finished_at_ms: when the entry completed or failed.
         resolution: the order in which the run's results arrived (1, 2, ...); 0 while unanswered. Replay
