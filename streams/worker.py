@@ -38,6 +38,8 @@ from actors.events import (
 from actors.model import EntryKind, EntryState, RunState, RunStatus
 from actors.workflow import Registry
 from schemas.codec import CodecError
+from streams import batches
+from streams.batches import Record
 from streams.clock import Clock, WallClock
 from streams.executor import StepExecutor
 from streams.pending import LocalStep, Out, Pending, TaskOffsets
@@ -68,6 +70,9 @@ DEAD_LETTER_KEEP_BYTES = 512 * 1024
 
 APPLY_CHUNK = 100
 """Inbox records applied at most between two chances for step outcomes and timer firings to be applied."""
+
+BATCH_BYTES = 256 * 1024
+"""Record batches of the worker's transactions hold up to this many bytes (a larger record gets its own)."""
 
 COMMIT_LINGER_S = 0.01
 """How long a transaction may wait for the outcomes of quick steps it started (see ``Worker._linger``)."""
@@ -191,6 +196,7 @@ class Worker:
             enable_idempotence=True,
             acks="all",
             retry_backoff_ms=TXN_RETRY_BACKOFF_MS,
+            max_batch_size=BATCH_BYTES,
         )
         try:
             await producer.start()
@@ -690,31 +696,23 @@ class Worker:
     async def _commit(self, pending: Pending) -> None:
         if self._producer is None:
             self._producer = await self._transactional_producer()
-        encoded = {key: (partition, STATE.encode(state)) for key, (partition, state) in pending.states.items()}
+        encoded = [(key, partition, STATE.encode(state)) for key, (partition, state) in pending.states.items()]
+        records = [Record(o.topic, o.partition, o.key, o.value, o.headers) for o in pending.outputs]
+        records += [Record(self.topics.state, p, key.encode(), value, STATE.headers) for key, p, value in encoded]
         producer = self._producer
         await producer.begin_transaction()
-        tasks = []
-        for out in pending.outputs:
-            sent = await producer.send(out.topic, out.value, key=out.key, partition=out.partition, headers=out.headers)
-            if out.step is not None:
-                tasks.append((out.step, sent))
-        written = {
-            key: await producer.send(
-                self.topics.state, value, key=key.encode(), partition=partition, headers=STATE.headers
-            )
-            for key, (partition, value) in encoded.items()
-        }
+        placed = await batches.write(producer, records)
         if pending.offsets:
             await producer.send_offsets_to_transaction(pending.offsets, self.settings.group)
         await producer.commit_transaction()
         self.transactions += 1
         # Committed: the local copy follows, with the changelog position it now reflects.
+        states = placed[len(pending.outputs) :]
         by_partition: dict[int, tuple[list[tuple[str, bytes | None]], int]] = {}
-        for key, future in written.items():
-            meta = future.result()
-            writes, nxt = by_partition.get(meta.partition, ([], 0))
-            writes.append((key, encoded[key][1]))
-            by_partition[meta.partition] = (writes, max(nxt, meta.offset + 1))
+        for (key, partition, value), where in zip(encoded, states, strict=True):
+            writes, nxt = by_partition.get(partition, ([], 0))
+            writes.append((key, value))
+            by_partition[partition] = (writes, max(nxt, where.offset + 1))
         for partition, (writes, nxt) in by_partition.items():
             self._store.write(partition, writes, nxt)
         for key, (_, state) in pending.states.items():
@@ -722,12 +720,14 @@ class Worker:
         for tp, offset in pending.offsets.items():
             if tp in self._task_offsets:
                 self._task_offsets[tp].committed = offset
-        for step, future in tasks:
-            meta = future.result()
-            step.partition, step.offset = TopicPartition(meta.topic, meta.partition), meta.offset
+        for out, where in zip(pending.outputs, placed, strict=False):
+            if out.step is None:
+                continue
+            step = out.step
+            step.partition, step.offset = TopicPartition(out.topic, out.partition), where.offset
             self._local[(step.partition, step.offset)] = step
             if not step.finished:
-                self._task_offsets.setdefault(step.partition, TaskOffsets()).running.add(meta.offset)
+                self._task_offsets.setdefault(step.partition, TaskOffsets()).running.add(step.offset)
         for step in pending.deferred:
             self._start(step)
 

@@ -1,0 +1,75 @@
+"""Writing a transaction's records as a few record batches per partition instead of one send per record.
+
+A worker's transaction holds thousands of records under load. ``AIOKafkaProducer.send`` costs a future, a
+partition lookup and an accumulator append per record; a :class:`~aiokafka.producer.BatchBuilder` per
+partition appends a record for a fraction of that. Records keep their order within each partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record to write."""
+
+    topic: str
+    partition: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """Where a record went: its batch's delivery, and its position in that batch."""
+
+    batch: asyncio.Future[RecordMetadata]
+    index: int
+
+    @property
+    def offset(self) -> int:
+        """The record's offset, once its batch was delivered."""
+        return int(self.batch.result().offset) + self.index
+
+
+async def write(producer: AIOKafkaProducer, records: list[Record]) -> list[Placed]:
+    """Queue ``records`` for the producer's open transaction; their places, in the same order.
+
+    Raises:
+        ValueError: a record alone is larger than a batch may be.
+    """
+    placed: list[Placed | None] = [None] * len(records)
+    building: dict[tuple[str, int], tuple[Any, list[int]]] = {}
+
+    async def send(where: tuple[str, int]) -> None:
+        builder, members = building.pop(where)
+        batch = await producer.send_batch(builder, where[0], partition=where[1])
+        for index, n in enumerate(members):
+            placed[n] = Placed(batch, index)
+
+    for n, record in enumerate(records):
+        where = (record.topic, record.partition)
+        current = building.get(where)
+        if current is not None and _append(current[0], record):
+            current[1].append(n)
+            continue
+        if current is not None:
+            await send(where)  # full: send it and start the next one
+        builder = producer.create_batch()
+        if not _append(builder, record):
+            raise ValueError(f"a record of {len(record.value or b'')} bytes does not fit in a batch for {where}")
+        building[where] = (builder, [n])
+    for where in list(building):
+        await send(where)
+    return [p for p in placed if p is not None]
+
+
+def _append(builder: Any, record: Record) -> bool:
+    return builder.append(key=record.key, value=record.value, timestamp=None, headers=record.headers) is not None
