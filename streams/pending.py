@@ -2,8 +2,8 @@
 
 A worker applies inputs as they arrive and commits their effects in one Kafka transaction at a time. While
 one transaction commits, the next :class:`Pending` collects what arrives meanwhile (group commit). A
-transaction that fails takes every later :class:`Pending` with it: their inputs are read again from the
-inbox, whose records they all are.
+transaction that fails takes every later :class:`Pending` with it: the worker reloads its state from the
+changelog and reads its inputs again from the inbox, where they all are.
 """
 
 from __future__ import annotations
@@ -69,12 +69,6 @@ class Pending:
     """The latest state of each run touched, with its partition."""
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     """Next offsets to commit for the consumed partitions."""
-    rewind: dict[TopicPartition, int] = field(default_factory=dict)
-    """First inbox offset applied from each partition: where to read again if this transaction fails."""
-    offered: list[tuple[TopicPartition, int]] = field(default_factory=list)
-    """Inbox records applied as soon as they were written, before the consumer reached them."""
-    skipped: list[tuple[TopicPartition, int]] = field(default_factory=list)
-    """Inbox records the consumer reached and skipped, because they had been applied when written."""
     unordered: set[str] = field(default_factory=set)
     """Runs that took an input ahead of its place in the inbox: their new steps wait for the commit."""
     deferred: list[LocalStep] = field(default_factory=list)

@@ -131,6 +131,8 @@ class Worker:
         """What is being applied now, for the next transaction."""
         self._committing: Pending | None = None
         """What the transaction in progress writes."""
+        self._out_of_sync = False
+        """A commit failed: nothing is applied until the owned partitions are reloaded (``_resync``)."""
         self._work = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -261,6 +263,14 @@ class Worker:
         """Commit what was applied, one transaction at a time, as soon as there is something to commit."""
         backoff = 0.0
         while True:
+            if self._out_of_sync:  # a commit failed (here, or while giving up partitions)
+                try:
+                    await self._resync()
+                except (KafkaError, TimeoutError, OSError) as exc:
+                    backoff = min(5.0, max(0.25, backoff * 2))
+                    logger.warning("could not resynchronise (%s); retrying in %.2fs", exc, backoff)
+                    await asyncio.sleep(backoff)
+                continue
             # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a cancellation that races with the
             # wake-up, and the worker would never stop.
             with contextlib.suppress(TimeoutError):
@@ -275,7 +285,7 @@ class Worker:
                 logger.error("another worker runs with id %s: this one stops", self.settings.worker_id)
                 raise
             except (KafkaError, TimeoutError, OSError) as exc:
-                # The broker is away or restarting: the transaction was rolled back and its inputs are read again.
+                # The broker is away or restarting: the transaction was rolled back; the state is reloaded next.
                 backoff = min(5.0, max(0.25, backoff * 2))
                 logger.warning("transaction not committed (%s); retrying in %.2fs", exc, backoff)
                 await asyncio.sleep(backoff)
@@ -321,13 +331,17 @@ class Worker:
     # -- partitions ----------------------------------------------------------------------------------------
 
     async def revoke(self, revoked: set[TopicPartition]) -> None:
-        """Commit what was applied before the partitions go to another worker."""
+        """Let a transaction under way finish, and drop what was applied since: the next owner reads it again.
+
+        What was applied and not committed is not committed now: this worker may already have lost the
+        partitions (a session that expired while the broker was away), and a commit would then race the next
+        owner. Every input it holds is in the inbox, after the committed offsets; the group protocol revokes all
+        partitions, and the ones assigned again are read from their committed offsets.
+        """
         self._restored -= {tp.partition for tp in revoked}  # from now on their inputs are left to the next owner
         async with self._lock:
-            try:
-                await self._commit_open(force=True)
-            except Exception:
-                logger.warning("could not commit before giving up partitions", exc_info=True)
+            self._open = Pending()
+            self._room.set()
             self._cache.clear()
             for tp in revoked:
                 self._task_offsets.pop(tp, None)
@@ -478,11 +492,9 @@ class Worker:
                     self._accept_task(tp, record, pending)
                 continue
             offered = self._offered.get(tp)
-            pending.rewind.setdefault(tp, records[0].offset)
             for record in records:
                 if offered and record.offset in offered:
                     offered.discard(record.offset)  # applied when it was written
-                    pending.skipped.append((tp, record.offset))
                 else:
                     self._apply(record, pending)
                 pending.inputs += 1
@@ -507,11 +519,9 @@ class Worker:
         if self._consumed.get(tp) == meta.offset:
             self._consumed[tp] = meta.offset + 1
             pending.offsets[tp] = meta.offset + 1
-            pending.rewind.setdefault(tp, meta.offset)
         else:
             pending.unordered.add(command.key)
         self._offered.setdefault(tp, set()).add(meta.offset)
-        pending.offered.append((tp, meta.offset))
         self._handle(command, meta.partition, pending, None)
         self._work.set()
 
@@ -687,7 +697,7 @@ class Worker:
         try:
             await self._commit(pending)
         except BaseException:
-            await self._roll_back(pending)
+            await self._roll_back()
             raise
         finally:
             self._committing = None
@@ -731,27 +741,17 @@ class Worker:
         for step in pending.deferred:
             self._start(step)
 
-    async def _roll_back(self, failed: Pending) -> None:
-        """Abort the transaction and forget everything applied since the last commit; read its inputs again."""
-        assert self._consumer is not None
-        dropped = [failed, self._open]
+    async def _roll_back(self) -> None:
+        """Abort the transaction, forget everything not committed, and stop applying until :meth:`_resync`.
+
+        Whether a transaction whose commit failed did commit is unknown (the broker may have written its
+        decision and then died): the truth is on the changelog and in the group's offsets, once it settled.
+        """
         self._open = Pending()
         self._room.set()
-        self._cache.clear()  # the cache holds committed states only, but one may have been read from a dropped one
-        for pending in dropped:  # records skipped since are read again: skip them again, unless offered since
-            for tp, offset in pending.skipped:
-                self._offered.setdefault(tp, set()).add(offset)
-        for pending in dropped:
-            for tp, offset in pending.offered:
-                self._offered.get(tp, set()).discard(offset)
-        rewind: dict[TopicPartition, int] = {}
-        for pending in dropped:
-            for tp, offset in pending.rewind.items():
-                rewind[tp] = min(offset, rewind.get(tp, offset))
-        for tp, offset in rewind.items():
-            if tp in self._consumer.assignment():
-                self._consumer.seek(tp, offset)
-            self._consumed[tp] = offset
+        self._cache.clear()
+        self._restored.clear()  # inputs are neither applied nor offered until the resync
+        self._out_of_sync = True
         if self._producer is None:
             return
         try:
@@ -761,3 +761,30 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self._producer.stop()
             self._producer = None  # a new one (same transactional id) is made before the next transaction
+
+    async def _resync(self) -> None:
+        """After a failed commit: reload the owned partitions' state and read on from the committed offsets.
+
+        The restore waits until the changelog has no transaction pending, so a commit whose outcome was unknown
+        is either in the state and the offsets, or in neither. Inputs read again that the state already took
+        are dropped by the actor (a duplicate start, outcome or firing changes nothing).
+        """
+        assert self._consumer is not None
+        async with self._lock:
+            assigned = self._consumer.assignment()
+            partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topics.inbox)
+            await self._restore(partitions)
+            for tp in assigned:
+                offset = await self._consumer.committed(tp)
+                if offset is None or offset < 0:
+                    await self._consumer.seek_to_beginning(tp)
+                else:
+                    self._consumer.seek(tp, offset)
+            self._consumed.clear()
+            self._offered.clear()
+            self._task_offsets.clear()
+            self._local.clear()
+            self._cache.clear()
+            self._restored = set(partitions)
+            self._out_of_sync = False
+        logger.info("resynchronised partitions %s from the changelog and committed offsets", partitions)

@@ -2,6 +2,7 @@
 
 (a) saturated throughput: start ``w1_runs`` runs as fast as the client can and wait for every result;
 workflows/s and steps/s, repeated ``w1_repeats`` times on a fresh prefix and worker each time.
+(a') the same with two worker processes sharing the partitions.
 (b) closed-loop latency: one run in flight at a time, ``w1_warmup`` runs then ``w1_latency_runs`` measured,
 from the client's start call to having the result.
 
@@ -11,6 +12,7 @@ committed: the ``limit`` workload replays that traffic on raw Kafka.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any
@@ -30,13 +32,18 @@ RATE_KEY = "w1_rate"
 """Where W1 leaves its median workflows/s for the ``limit`` workload."""
 
 
-async def saturated_pass(env: Env, runs: int, label: str) -> dict[str, Any]:
-    """One saturated pass of ``runs`` runs on a fresh prefix and worker: rate, CPU and what was written."""
+async def saturated_pass(env: Env, runs: int, label: str, workers: int = 1) -> dict[str, Any]:
+    """One saturated pass of ``runs`` runs on a fresh prefix and workers: rate, CPU and what was written."""
     prefix = env.prefix(label)
-    async with env.serving(prefix) as worker, Client(env.bootstrap, prefix=prefix) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        serving = [
+            await stack.enter_async_context(env.serving(prefix, worker_id=f"bench-{n + 1}")) for n in range(workers)
+        ]
+        client = await stack.enter_async_context(Client(env.bootstrap, prefix=prefix))
         await (await client.start(apps.chain, apps.chain_input(-1), id="warmup")).result(timeout=60)
         markers_before = await transaction_markers(env.bootstrap)
-        meter = UsageMeter({"worker": worker.pid, "broker": env.broker_pid, "client": os.getpid()})
+        processes = {"worker" if n == 0 else f"worker-{n + 1}": w.pid for n, w in enumerate(serving)}
+        meter = UsageMeter({**processes, "broker": env.broker_pid, "client": os.getpid()})
         meter.start()
         began = time.perf_counter()
         inputs = ((f"r{i}", apps.chain_input(i)) for i in range(runs))
@@ -110,6 +117,16 @@ def breakdown(events: list[tuple[int, Event]], marks: dict[str, tuple[float, flo
     return {leg: round(percentile(values, 50), 1) for leg, values in legs.items()}
 
 
+async def two_workers(env: Env) -> dict[str, Any]:
+    """(a) again with two worker processes sharing the partitions: what a second core gives."""
+    passes = [await saturated_pass(env, env.sizes.w1_runs, f"w1w{n}", workers=2) for n in range(env.sizes.w1_repeats)]
+    median_pass = sorted(passes, key=lambda p: p["workflows_per_s"])[len(passes) // 2]
+    return {
+        "workflows_per_s": median_spread([p["workflows_per_s"] for p in passes]),
+        "cpu_ms_per_workflow": median_pass["cpu_ms_per_workflow"],
+    }
+
+
 async def run(env: Env) -> dict[str, Any]:
     """W1 (a) and (b)."""
     passes = [await saturated_pass(env, env.sizes.w1_runs, f"w1a{n}") for n in range(env.sizes.w1_repeats)]
@@ -124,6 +141,7 @@ async def run(env: Env) -> dict[str, Any]:
         "steps_per_s": median_spread([r * STEPS for r in rates]),
         "passes": [{k: v for k, v in p.items() if k != "written"} for p in passes],
         "cpu_ms_per_workflow": median_pass["cpu_ms_per_workflow"],
+        "two_workers": await two_workers(env),
         "latency": await closed_loop(env),
         "written": passes[0]["written"],
     }
