@@ -76,7 +76,7 @@ class Pending:
     started: list[LocalStep] = field(default_factory=list)
     """Steps started before this transaction commits (their outcomes may still join it)."""
     inputs: int = 0
-    """Inbox records applied or skipped."""
+    """Inbox records applied (the worker reads no more while too many wait for a transaction)."""
 
     @property
     def awaits_outcomes(self) -> bool:

@@ -497,7 +497,7 @@ class Worker:
                     offered.discard(record.offset)  # applied when it was written
                 else:
                     self._apply(record, pending)
-                pending.inputs += 1
+                    pending.inputs += 1
             self._consumed[tp] = records[-1].offset + 1
             pending.offsets[tp] = records[-1].offset + 1
         self._work.set()
@@ -689,7 +689,8 @@ class Worker:
         # Offsets alone (step tasks read back, records applied when written) wait for a transaction with effects
         # or for a quiet second: reading them again after a crash changes nothing.
         idle = time.monotonic() - self._last_commit > IDLE_COMMIT_S
-        if not pending.has_effects and not (pending.offsets and (idle or force)):
+        full = pending.inputs >= self.settings.max_batch  # the reader waits for this one to be taken
+        if not pending.has_effects and not (pending.offsets and (idle or force or full)):
             return
         self._open = Pending()
         self._room.set()
