@@ -513,16 +513,20 @@ class Worker:
         tp = TopicPartition(meta.topic, meta.partition)
         if meta.topic != self.topics.inbox or meta.partition not in self._restored or self._stopping.is_set():
             return
+        if self.partition_of(command.key.encode()) != meta.partition:
+            return  # not on its run's partition: the consumer forwards it
         if not self.actor.answers(self._state(meta.partition, command.key), command):
             return
         pending = self._open
-        if self._consumed.get(tp) == meta.offset:
+        in_order = self._consumed.get(tp) == meta.offset
+        if not in_order:
+            pending.unordered.add(command.key)
+        if not self._handle(command, meta.partition, pending, None):
+            return  # left to the consumer, which dead-letters it if it fails again
+        if in_order:
             self._consumed[tp] = meta.offset + 1
             pending.offsets[tp] = meta.offset + 1
-        else:
-            pending.unordered.add(command.key)
         self._offered.setdefault(tp, set()).add(meta.offset)
-        self._handle(command, meta.partition, pending, None)
         self._work.set()
 
     def _accept_task(self, tp: TopicPartition, record: ConsumerRecord, pending: Pending) -> None:
@@ -565,8 +569,11 @@ class Worker:
             return
         self._handle(command, partition, pending, record)
 
-    def _handle(self, command: Command, partition: int, pending: Pending, record: ConsumerRecord | None) -> None:
-        """Apply ``command`` to its run; ``record`` is where it was read (``None``: offered when written)."""
+    def _handle(self, command: Command, partition: int, pending: Pending, record: ConsumerRecord | None) -> bool:
+        """Apply ``command`` to its run; ``record`` is where it was read (``None``: offered when written).
+
+        Returns whether it was applied; what cannot be goes to the dead-letter topic when it was read.
+        """
         state = self._state(partition, command.key)
         try:
             outcome = self.actor.handle(state, command)
@@ -574,15 +581,16 @@ class Worker:
             logger.exception("command %s for %s could not be applied", command.id, command.key)
             if record is not None:
                 pending.outputs.append(self._dead_letter(record, f"internal error applying {command.id}: {exc!r}"))
-            return
-        self.applied += 1
+            return False
         if outcome.rejected:
             if record is not None:
                 pending.outputs.append(self._dead_letter(record, outcome.rejected))
-            return
+            return False
+        self.applied += 1
         if outcome.state is not None and outcome.events:
             pending.states[command.key] = (partition, outcome.state)
         self._emit(command, outcome.state, outcome.events, partition, pending)
+        return True
 
     def _may_start_now(self, key: str) -> bool:
         """Whether a new step of this run may start before the transaction that schedules it commits.
