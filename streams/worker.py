@@ -430,13 +430,17 @@ class Worker:
             await probe.stop()
 
     def _flow_control(self) -> None:
+        """Stop reading while too many steps wait for a slot; inputs wait in Kafka, which costs no memory.
+
+        Steps start as inputs are applied, so a burst of starts would otherwise hold a waiting step (its task,
+        coroutine and arguments) per run. Step outcomes and timer firings of this process still arrive in-process.
+        """
         assert self._consumer is not None
         assert self._executor is not None
-        task_tps = [tp for tp in self._consumer.assignment() if tp.topic == self.topics.tasks]
         if self._executor.in_flight >= 4 * self.settings.step_concurrency:
-            self._consumer.pause(*task_tps)
+            self._consumer.pause(*self._consumer.assignment())
         elif self._consumer.paused():
-            self._consumer.resume(*task_tps)
+            self._consumer.resume(*self._consumer.paused())
 
     # -- states --------------------------------------------------------------------------------------------
 
