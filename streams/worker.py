@@ -340,16 +340,24 @@ class Worker:
         """
         self._restored -= {tp.partition for tp in revoked}  # from now on their inputs are left to the next owner
         async with self._lock:
-            self._open = Pending()
-            self._room.set()
-            self._cache.clear()
-            for tp in revoked:
-                self._task_offsets.pop(tp, None)
-                self._consumed.pop(tp, None)
-                self._offered.pop(tp, None)
-            for at in [at for at in self._local if at[0] in revoked]:
-                del self._local[at]
+            self._drop_open()
+            self._forget(revoked)
         logger.info("revoked %s", sorted((tp.topic, tp.partition) for tp in revoked))
+
+    def _drop_open(self) -> None:
+        """Forget what was applied and not committed (the committed states stay on disk)."""
+        self._open = Pending()
+        self._room.set()
+        self._cache.clear()  # committed states only, but some may have been read while a dropped one was applied
+
+    def _forget(self, partitions: set[TopicPartition]) -> None:
+        """Forget where reading and local steps stood on ``partitions``: they are read again from committed offsets."""
+        for tp in partitions:
+            self._task_offsets.pop(tp, None)
+            self._consumed.pop(tp, None)
+            self._offered.pop(tp, None)
+        for at in [at for at in self._local if at[0] in partitions]:
+            del self._local[at]
 
     async def assign(self, assigned: set[TopicPartition]) -> None:
         """Bring the local state of newly owned partitions up to date from the changelog."""
@@ -357,9 +365,7 @@ class Worker:
         began = time.monotonic()
         async with self._lock:  # no input is applied to a partition whose state is not restored yet
             self._cache.clear()
-            for tp in assigned:
-                self._consumed.pop(tp, None)
-                self._offered.pop(tp, None)
+            self._forget(assigned)
             restored = await self._restore(partitions)
             self._restored |= set(partitions)
         logger.info(
@@ -760,9 +766,7 @@ class Worker:
         Whether a transaction whose commit failed did commit is unknown (the broker may have written its
         decision and then died): the truth is on the changelog and in the group's offsets, once it settled.
         """
-        self._open = Pending()
-        self._room.set()
-        self._cache.clear()
+        self._drop_open()
         self._restored.clear()  # inputs are neither applied nor offered until the resync
         self._out_of_sync = True
         if self._producer is None:
@@ -793,10 +797,7 @@ class Worker:
                     await self._consumer.seek_to_beginning(tp)
                 else:
                     self._consumer.seek(tp, offset)
-            self._consumed.clear()
-            self._offered.clear()
-            self._task_offsets.clear()
-            self._local.clear()
+            self._forget(assigned)
             self._cache.clear()
             self._restored = set(partitions)
             self._out_of_sync = False
