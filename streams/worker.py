@@ -344,6 +344,11 @@ class Worker:
             self._forget(revoked)
         logger.info("revoked %s", sorted((tp.topic, tp.partition) for tp in revoked))
 
+    def _rebalancing(self) -> bool:
+        """Whether the consumer knows the group is reassigning partitions (aiokafka has no public accessor)."""
+        subscription = getattr(self._consumer, "_subscription", None)
+        return bool(getattr(subscription, "reassignment_in_progress", False))
+
     def _drop_open(self) -> None:
         """Forget what was applied and not committed (the committed states stay on disk)."""
         self._open = Pending()
@@ -699,6 +704,11 @@ class Worker:
 
     async def _commit_open(self, *, force: bool) -> None:
         """Commit the open :class:`Pending` in one transaction (the lock is held)."""
+        if self._rebalancing():
+            # The group is moving partitions (this member may have been dropped after a session timeout):
+            # committing now could race the next owner. What was applied is read again, as on a revoke.
+            self._drop_open()
+            return
         pending = self._open
         for tp, tracked in self._task_offsets.items():
             nxt = tracked.committable()
