@@ -80,6 +80,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _runs_from(pid: int, properties: Path) -> bool:
+    """Whether process ``pid`` is a broker started with ``properties`` (pids are reused once a process ends)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc to ask: trust the pid
+    return str(properties).encode() in args
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -330,8 +339,9 @@ class LocalBroker:
             state = json.loads(self.state_file.read_text())
         except (OSError, ValueError):
             return None
-        if not _pid_alive(int(state["pid"])):
-            return None
+        pid = int(state["pid"])
+        if not _pid_alive(pid) or not _runs_from(pid, self.home / "server.properties"):
+            return None  # gone, or its pid now belongs to another process
         return {k: int(v) for k, v in state.items()}
 
     def stop(self, grace: float = 20.0) -> None:

@@ -38,7 +38,7 @@ from actors.events import (
 from actors.model import EntryKind, EntryState, RunState, RunStatus
 from actors.workflow import Registry
 from schemas.codec import CodecError
-from streams import batches
+from streams import batches, fencing
 from streams.batches import Record
 from streams.clock import Clock, WallClock
 from streams.executor import StepExecutor
@@ -90,6 +90,7 @@ Workers commit back to back whenever step outcomes keep arriving, so this wait i
 """
 
 aiokafka.producer.sender.BACKOFF_OVERRIDE = TXN_RETRY_BACKOFF_MS / 1000
+fencing.install()
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -284,6 +285,8 @@ class Worker:
             except ProducerFenced:
                 logger.error("another worker runs with id %s: this one stops", self.settings.worker_id)
                 raise
+            except fencing.FENCED as exc:
+                logger.warning("the group moved on without this worker (%s): transaction aborted; it rejoins", exc)
             except (KafkaError, TimeoutError, OSError) as exc:
                 # The broker is away or restarting: the transaction was rolled back; the state is reloaded next.
                 backoff = min(5.0, max(0.25, backoff * 2))
@@ -742,7 +745,10 @@ class Worker:
         await producer.begin_transaction()
         placed = await batches.write(producer, records)
         if pending.offsets:
-            await producer.send_offsets_to_transaction(pending.offsets, self.settings.group)
+            # Named with this member's generation, so that a commit after the group dropped it is refused.
+            assert self._consumer is not None
+            member = fencing.group_member(self._consumer, self.settings.group)
+            await fencing.send_offsets(producer, pending.offsets, member)
         await producer.commit_transaction()
         self.transactions += 1
         # Committed: the local copy follows, with the changelog position it now reflects.

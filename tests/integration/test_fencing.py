@@ -1,0 +1,92 @@
+"""A transaction whose offsets come from a member the group has dropped is refused, and the producer goes on."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import UnknownMemberIdError
+
+from streams import fencing
+from tests.support import eventually
+
+pytestmark = pytest.mark.integration
+
+
+async def _joined(bootstrap: str, topic: str, group: str) -> AIOKafkaConsumer:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, session_timeout_ms=6_000
+    )
+    await consumer.start()
+    async with asyncio.timeout(30):
+        while not consumer.assignment():
+            await consumer.getmany(timeout_ms=100)
+    return consumer
+
+
+async def _settled(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+    """Wait until the group's committed offset is ``offset`` (it shows once the transaction's markers are written)."""
+
+    async def committed() -> bool:
+        return bool(await consumer.committed(tp) == offset)
+
+    await eventually(committed, timeout=15, interval=0.1)
+
+
+async def test_a_dropped_members_transaction_is_refused_and_the_producer_stays_usable(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    fencing.install()
+    topic, group = f"{topic_prefix}in", f"{topic_prefix}group"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1), NewTopic(f"{topic}.out", 1, 1)])
+    finally:
+        await admin.close()
+    tp = TopicPartition(topic, 0)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{topic_prefix}txn")
+    await producer.start()
+    try:
+        old = await _joined(kafka_bootstrap, topic, group)
+        member = fencing.group_member(old, group)
+        assert member.generation_id > 0
+        assert member.member_id
+
+        async with producer.transaction():
+            await producer.send_and_wait(f"{topic}.out", b"by the live member")
+            await fencing.send_offsets(producer, {tp: 5}, member)
+        await _settled(old, tp, 5)
+
+        await old.stop()  # the member leaves; its successor joins a new generation
+        new = await _joined(kafka_bootstrap, topic, group)
+        try:
+            await producer.begin_transaction()
+            await producer.send_and_wait(f"{topic}.out", b"by the zombie")
+            with pytest.raises(UnknownMemberIdError):
+                await fencing.send_offsets(producer, {tp: 9}, member)
+            await producer.abort_transaction()
+            await _settled(old, tp, 5)
+
+            async with producer.transaction():
+                await fencing.send_offsets(producer, {tp: 7}, fencing.group_member(new, group))
+            await _settled(new, tp, 7)
+        finally:
+            await new.stop()
+    finally:
+        await producer.stop()
+
+    reader = AIOKafkaConsumer(
+        f"{topic}.out",
+        bootstrap_servers=kafka_bootstrap,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+    )
+    await reader.start()
+    try:
+        seen = await reader.getmany(timeout_ms=2_000)
+        assert [r.value for records in seen.values() for r in records] == [b"by the live member"]
+    finally:
+        await reader.stop()
