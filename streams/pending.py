@@ -69,8 +69,11 @@ class Pending:
     """The latest state of each run touched, with its partition."""
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     """Next offsets to commit for the consumed partitions."""
-    unordered: set[str] = field(default_factory=set)
-    """Runs that took an input ahead of its place in the inbox: their new steps wait for the commit."""
+    held: set[str] = field(default_factory=set)
+    """Runs whose new steps wait for the commit: they took an input ahead of its place in the inbox, or read the
+    clock, so a later owner applying the inbox again might schedule other steps."""
+    offered: list[tuple[TopicPartition, int]] = field(default_factory=list)
+    """Inbox records applied when written (the consumer skips them); if this is dropped, it must read them."""
     deferred: list[LocalStep] = field(default_factory=list)
     """Steps to start once this transaction commits."""
     started: list[LocalStep] = field(default_factory=list)

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import replace
 
 import aiokafka.producer.sender
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -31,6 +32,7 @@ from actors.events import (
     StepScheduled,
     TimerCancelled,
     TimerScheduled,
+    ValueRecorded,
     WorkflowCancelled,
     WorkflowCompleted,
     WorkflowFailed,
@@ -341,10 +343,12 @@ class Worker:
         owner. Every input it holds is in the inbox, after the committed offsets; the group protocol revokes all
         partitions, and the ones assigned again are read from their committed offsets.
         """
-        self._restored -= {tp.partition for tp in revoked}  # from now on their inputs are left to the next owner
+        gone = {tp.partition for tp in revoked}
+        self._restored -= gone  # from now on their inputs are left to the next owner
         async with self._lock:
             self._drop_open()
             self._forget(revoked)
+            self._restored -= gone  # again: a resync that held the lock meanwhile restored them
         logger.info("revoked %s", sorted((tp.topic, tp.partition) for tp in revoked))
 
     def _rebalancing(self) -> bool:
@@ -354,9 +358,15 @@ class Worker:
 
     def _drop_open(self) -> None:
         """Forget what was applied and not committed (the committed states stay on disk)."""
+        self._unoffer(self._open)
         self._open = Pending()
         self._room.set()
         self._cache.clear()  # committed states only, but some may have been read while a dropped one was applied
+
+    def _unoffer(self, dropped: Pending) -> None:
+        """The records applied when written in ``dropped`` are applied again when the consumer reads them."""
+        for tp, offset in dropped.offered:
+            self._offered.get(tp, set()).discard(offset)
 
     def _forget(self, partitions: set[TopicPartition]) -> None:
         """Forget where reading and local steps stood on ``partitions``: they are read again from committed offsets."""
@@ -538,13 +548,14 @@ class Worker:
         pending = self._open
         in_order = self._consumed.get(tp) == meta.offset
         if not in_order:
-            pending.unordered.add(command.key)
+            pending.held.add(command.key)
         if not self._handle(command, meta.partition, pending, None):
             return  # left to the consumer, which dead-letters it if it fails again
         if in_order:
             self._consumed[tp] = meta.offset + 1
             pending.offsets[tp] = meta.offset + 1
         self._offered.setdefault(tp, set()).add(meta.offset)
+        pending.offered.append((tp, meta.offset))
         self._work.set()
 
     def _accept_task(self, tp: TopicPartition, record: ConsumerRecord, pending: Pending) -> None:
@@ -592,6 +603,11 @@ class Worker:
 
         Returns whether it was applied; what cannot be goes to the dead-letter topic when it was read.
         """
+        now = self.clock.now_ms()
+        if command.at_ms < now:
+            # The run's "now" is when its worker takes the command: a sleep counts from the moment the workflow
+            # reached it, not from when a start that waited in a backlog was sent.
+            command = replace(command, at_ms=now)
         state = self._state(partition, command.key)
         try:
             outcome = self.actor.handle(state, command)
@@ -605,6 +621,10 @@ class Worker:
                 pending.outputs.append(self._dead_letter(record, outcome.rejected))
             return False
         self.applied += 1
+        if any(isinstance(e.body, ValueRecorded) for e in outcome.events):
+            # The workflow read the clock (ctx.now()): applied again after a crash, at another time, it may take
+            # another branch, so its new steps wait for the commit that records what it read.
+            pending.held.add(command.key)
         if outcome.state is not None and outcome.events:
             pending.states[command.key] = (partition, outcome.state)
         self._emit(command, outcome.state, outcome.events, partition, pending)
@@ -613,11 +633,12 @@ class Worker:
     def _may_start_now(self, key: str) -> bool:
         """Whether a new step of this run may start before the transaction that schedules it commits.
 
-        It may when every input the run took and did not commit came from the inbox in the inbox's order: a new
-        owner after a crash reads the same inputs in the same order and schedules the same step (the attempt
-        then runs again, as any attempt in flight at a crash does, under the same idempotency key).
+        It may when every input the run took and did not commit came from the inbox in the inbox's order and the
+        workflow did not read the clock meanwhile: a new owner after a crash reads the same inputs in the same
+        order and schedules the same step (the attempt then runs again, as any attempt in flight at a crash does,
+        under the same idempotency key).
         """
-        return all(p is None or key not in p.unordered for p in (self._open, self._committing))
+        return all(p is None or key not in p.held for p in (self._open, self._committing))
 
     def _emit(
         self, command: Command, state: RunState | None, events: list[Event], partition: int, pending: Pending
@@ -783,6 +804,8 @@ class Worker:
         decision and then died): the truth is on the changelog and in the group's offsets, once it settled.
         """
         self._drop_open()
+        if self._committing is not None:
+            self._unoffer(self._committing)
         self._restored.clear()  # inputs are neither applied nor offered until the resync
         self._out_of_sync = True
         if self._producer is None:

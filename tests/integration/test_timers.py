@@ -8,7 +8,9 @@ import tracemalloc
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from actors.events import TimerFired
+from actors import payload
+from actors.commands import Command, StartWorkflow
+from actors.events import SleepStarted, TimerFired
 from actors.model import RunStatus, Timer, TimerPurpose
 from streams.client import Client
 from streams.clock import WallClock
@@ -34,6 +36,24 @@ async def test_a_two_second_sleep_wakes(worker: Worker, client: Client) -> None:
     assert 2_000 <= result["slept_ms"] < 15_000
     [fired] = [e.body for e in await handle.history() if isinstance(e.body, TimerFired)]
     assert fired.late_ms < 10_000  # generous: lateness is measured in bench/, not here
+
+
+async def test_a_sleep_counts_from_when_the_worker_takes_the_start(worker: Worker, client: Client) -> None:
+    sent = WallClock().now_ms()
+    # A start that waited a minute in a backlog: the workflow reaches its sleep only now.
+    backlogged = Command(
+        "start/default/nap-late", "default", "nap-late", sent - 60_000, StartWorkflow(sleeper.name, payload.encode(1.0))
+    )
+    await client.send(backlogged)
+    handle = client.handle("nap-late", workflow=sleeper)
+
+    result = await handle.result(timeout=30)
+
+    history = await handle.history()
+    [started] = [e.body for e in history if isinstance(e.body, SleepStarted)]
+    assert started.until_ms >= sent + 1_000
+    assert 1_000 <= result["slept_ms"] < 15_000
+    assert history[0].at_ms >= sent
 
 
 TIMERS = 10_000
