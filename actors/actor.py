@@ -6,6 +6,7 @@ replay executor, which runs the user's workflow code when a result arrives.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import assert_never
 
@@ -54,8 +55,8 @@ from actors.model import (
     Timer,
     TimerPurpose,
 )
-from actors.replay import activate
-from actors.workflow import Registry
+from actors.replay import Activation
+from actors.workflow import Registry, Workflow
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,11 +441,37 @@ class Outcome:
     rejected: str = ""
 
 
-class Actor:
-    """Handles commands for runs of the workflows in ``registry``."""
+SUSPENDED_RUNS = 2_000
+"""Suspended workflow coroutines an actor keeps by default (see :class:`Actor`)."""
 
-    def __init__(self, registry: Registry) -> None:
+
+@dataclass(slots=True)
+class _Suspended:
+    activation: Activation
+    at: RunState
+    """The state the activation has seen all of: it is valid for that very object, not for an equal one."""
+
+
+class Actor:
+    """Handles commands for runs of the workflows in ``registry``.
+
+    It keeps the suspended coroutines of up to ``suspended_runs`` runs that wait on steps only, most recently
+    active first: when such a run's next result arrives, the workflow resumes where it awaits instead of being
+    replayed from its start. A kept coroutine is used only for the very state object it last produced, so any
+    state that comes from elsewhere (a restore, a rolled-back transaction, another worker) is replayed in full.
+    Runs that sleep or wait for an outside event keep nothing in memory.
+    """
+
+    def __init__(self, registry: Registry, *, suspended_runs: int = SUSPENDED_RUNS) -> None:
         self.registry = registry
+        self._suspended_runs = suspended_runs
+        self._suspended: OrderedDict[str, _Suspended] = OrderedDict()
+
+    def forget(self) -> None:
+        """Drop every kept coroutine (their runs replay on their next activation)."""
+        while self._suspended:
+            _, kept = self._suspended.popitem()
+            kept.activation.close()
 
     @staticmethod
     def answers(state: RunState | None, command: Command) -> bool:
@@ -471,8 +498,13 @@ class Actor:
             if started.timeout is not None:
                 due = command.at_ms + int(started.timeout.total_seconds() * 1000)
                 start_timers.append(TimerScheduled(Timer.of(TimerPurpose.WORKFLOW_TIMEOUT, -1, 0, due)))
+        kept = self._suspended.pop(command.key, None)
+        if kept is not None and kept.at is not state:
+            kept.activation.close()
+            kept = None
         decision = decide(state, command)
         if decision.rejected:
+            self._keep(command.key, kept, state)
             return Outcome(state, [], rejected=decision.rejected)
         events: list[Event] = []
         state = self._append(state, command, [*decision.events, *start_timers], events)
@@ -483,13 +515,47 @@ class Actor:
                 reason = f"workflow {state.workflow_type!r} version {state.version!r} is not registered on this worker"
                 bodies: list[EventBody] = [WorkflowStuck(reason)]
             else:
-                bodies = activate(state, workflow, command.at_ms)
+                kept, bodies = self._activate(kept, state, workflow, command.at_ms)
             state = self._append(state, command, bodies, events)
             # An event kept in the state may answer a wait the workflow just opened: run it again.
             deliveries = _buffered_delivery(state) if state is not None else []
             state = self._append(state, command, deliveries, events)
             again = bool(deliveries)
+        self._keep(command.key, kept, state)
         return Outcome(state, events)
+
+    @staticmethod
+    def _activate(
+        kept: _Suspended | None, state: RunState, workflow: Workflow, now_ms: int
+    ) -> tuple[_Suspended | None, list[EventBody]]:
+        """Resume the kept coroutine if it can take ``state``; otherwise replay from the start."""
+        if kept is not None and kept.activation.workflow is workflow:
+            bodies = kept.activation.resume(state, now_ms)
+            if bodies is not None:
+                return kept, bodies
+        if kept is not None:
+            kept.activation.close()
+        activation = Activation(state, workflow, now_ms)
+        return _Suspended(activation, state), activation.run(state)
+
+    def _keep(self, key: str, kept: _Suspended | None, state: RunState | None) -> None:
+        """Keep the run's coroutine for ``state`` if the run waits on steps only; close it otherwise."""
+        if kept is None:
+            return
+        if (
+            self._suspended_runs > 0
+            and state is not None
+            and state.status is RunStatus.RUNNING
+            and kept.activation.suspended
+            and all(e.kind is EntryKind.STEP for e in state.journal if e.state is EntryState.SCHEDULED)
+        ):
+            kept.at = state
+            self._suspended[key] = kept
+            if len(self._suspended) > self._suspended_runs:
+                _, oldest = self._suspended.popitem(last=False)
+                oldest.activation.close()
+        else:
+            kept.activation.close()
 
     @staticmethod
     def _append(state: RunState | None, command: Command, bodies: list[EventBody], out: list[Event]) -> RunState | None:

@@ -363,6 +363,19 @@ class Context:
                 self._resolve(entry)
 
     @property
+    def round(self) -> int:
+        """The last round delivered (the number of results the workflow has seen)."""
+        return self._round
+
+    def reopen(self, state: RunState, now_ms: int) -> None:
+        """Before resuming a suspended activation with the run's next ``state``: its journal, its time."""
+        self._state = state
+        self._journal = state.journal
+        self._now_ms = now_ms
+        self._closed = False
+        self.new_events = []
+
+    @property
     def calls(self) -> int:
         """How many durable calls the replay has made."""
         return self._next_seq

@@ -61,6 +61,10 @@ class ReplayLoop(asyncio.AbstractEventLoop):
         """The activation's time (seconds since the epoch)."""
         return self._now
 
+    def set_time(self, now_ms: int) -> None:
+        """The time of the next activation."""
+        self._now = now_ms / 1000
+
     def create_future(self) -> asyncio.Future[Any]:
         """A future of this loop."""
         return asyncio.Future(loop=self)
@@ -121,53 +125,111 @@ class ReplayLoop(asyncio.AbstractEventLoop):
         self._ready.clear()
 
 
+class Activation:
+    """The workflow function running on its replay loop: started once, then advanced round by round.
+
+    :func:`activate` replays a run from its start every time. An activation kept after it suspended can instead
+    be resumed (:meth:`resume`) with the run's next state: only the new round runs (the sticky cache of a worker). Both
+    give the same events; keeping one is an optimisation, never required for correctness.
+    """
+
+    def __init__(self, state: RunState, workflow: Workflow, now_ms: int) -> None:
+        self.workflow = workflow
+        self._loop = ReplayLoop(now_ms / 1000)  # type: ignore[abstract]  # see the class docstring
+        self._ctx = Context(state, self._loop, now_ms, workflow.retry, workflow.step_timeout)
+        self._task: asyncio.Task[Any] | None = None
+
+    @property
+    def suspended(self) -> bool:
+        """Whether the function waits at an ``await`` (neither finished nor diverged)."""
+        return self._task is not None and not self._task.done() and self._ctx.divergence is None
+
+    def run(self, state: RunState) -> list[EventBody]:
+        """Run the function from its start up to ``state``'s last round; the events of what it did next."""
+        ctx = self._ctx
+        try:
+            args: tuple[Any, ...] = (
+                (payload.decode(state.input, self.workflow.input_type),) if self.workflow.takes_input else ()
+            )
+        except ValueError as exc:
+            error = ErrorInfo("InvalidInput", f"the input does not match {self.workflow!r}: {exc}", False)
+            return [WorkflowFailed(error)]
+        try:
+            with self._loop.running():
+                self._task = self._loop.create_task(self.workflow.fn(ctx, *args))
+                self._loop.run_ready()
+                self._rounds(state)
+        except NonDeterminismError:
+            pass  # recorded in ctx.divergence, even if the workflow code caught it
+        return self._outcome(state)
+
+    def resume(self, state: RunState, now_ms: int) -> list[EventBody] | None:
+        """Run only the round ``state`` adds to what this activation saw; ``None`` if that is not one round."""
+        ctx = self._ctx
+        if self._task is None or self._task.done() or ctx.divergence is not None:
+            return None
+        if state.resolutions != ctx.round + 1 or len(state.journal) != ctx.calls:
+            return None
+        ctx.reopen(state, now_ms)
+        self._loop.set_time(now_ms)
+        try:
+            with self._loop.running():
+                self._rounds(state)
+        except NonDeterminismError:
+            pass
+        return self._outcome(state)
+
+    def close(self) -> None:
+        """Close the suspended coroutines so that nothing of the run stays in memory."""
+        self._loop.close_tasks()
+
+    def _rounds(self, state: RunState) -> None:
+        task = self._task
+        assert task is not None
+        for resolution in range(self._ctx.round + 1, state.resolutions + 1):
+            if task.done():
+                raised = None if task.cancelled() else task.exception()
+                how = f"raised {type(raised).__name__}: {raised}" if raised is not None else "returned"
+                self._ctx.diverge(f"on replay it {how} before result {resolution} of {state.resolutions} arrived")
+            self._ctx.begin_round(resolution)
+            self._loop.run_ready()
+
+    def _outcome(self, state: RunState) -> list[EventBody]:
+        ctx, task = self._ctx, self._task
+        assert task is not None
+        ctx.close()
+        if ctx.divergence is not None:
+            self.close()
+            return [WorkflowStuck(str(ctx.divergence))]
+        if ctx.calls < len(state.journal):
+            # Every journaled call must be made again: fewer means a step was removed or skipped.
+            self.close()
+            return [
+                WorkflowStuck(
+                    f"workflow {self.workflow.name!r} v{self.workflow.version} diverged from its journal: replay "
+                    f"made {ctx.calls} calls but the journal holds {len(state.journal)}"
+                )
+            ]
+        if not task.done():
+            return ctx.new_events
+        raised = task.exception() if not task.cancelled() else asyncio.CancelledError()
+        if isinstance(raised, Cancelled):
+            return [*ctx.new_events, WorkflowCancelled(raised.reason)]
+        if raised is not None:
+            return [*ctx.new_events, WorkflowFailed(error_info(raised))]
+        try:
+            return [*ctx.new_events, WorkflowCompleted(payload.encode(task.result()))]
+        except (TypeError, ValueError) as err:
+            return [WorkflowFailed(ErrorInfo("InvalidResult", f"the result cannot be encoded as JSON: {err}", False))]
+
+
 def activate(state: RunState, workflow: Workflow, now_ms: int) -> list[EventBody]:
     """Run the workflow against ``state``'s journal and return the events of what it did next.
 
     Returns new ``StepScheduled``/``ValueRecorded`` events while it suspends, and a ``WorkflowCompleted`` or
     ``WorkflowFailed`` once it ends. A divergence from the journal returns only ``WorkflowStuck``.
     """
-    loop = ReplayLoop(now_ms / 1000)  # type: ignore[abstract]  # see the class docstring
-    ctx = Context(state, loop, now_ms, workflow.retry, workflow.step_timeout)
-    try:
-        args: tuple[Any, ...] = (payload.decode(state.input, workflow.input_type),) if workflow.takes_input else ()
-    except ValueError as exc:
-        return [WorkflowFailed(ErrorInfo("InvalidInput", f"the input does not match {workflow!r}: {exc}", False))]
-    try:
-        with loop.running():
-            task = loop.create_task(workflow.fn(ctx, *args))
-            loop.run_ready()
-            for resolution in range(1, state.resolutions + 1):
-                if task.done():
-                    raised = None if task.cancelled() else task.exception()
-                    how = f"raised {type(raised).__name__}: {raised}" if raised is not None else "returned"
-                    ctx.diverge(f"on replay it {how} before result {resolution} of {state.resolutions} arrived")
-                ctx.begin_round(resolution)
-                loop.run_ready()
-    except NonDeterminismError:
-        pass  # recorded in ctx.divergence, even if the workflow code caught it
-    ctx.close()
-    if ctx.divergence is not None:
-        loop.close_tasks()
-        return [WorkflowStuck(str(ctx.divergence))]
-    if ctx.calls < len(state.journal):
-        # Every journaled call must be made again: fewer means a step was removed or skipped.
-        loop.close_tasks()
-        return [
-            WorkflowStuck(
-                f"workflow {workflow.name!r} v{workflow.version} diverged from its journal: replay made "
-                f"{ctx.calls} calls but the journal holds {len(state.journal)}"
-            )
-        ]
-    if not task.done():
-        loop.close_tasks()
-        return ctx.new_events
-    raised = task.exception() if not task.cancelled() else asyncio.CancelledError()
-    if isinstance(raised, Cancelled):
-        return [*ctx.new_events, WorkflowCancelled(raised.reason)]
-    if raised is not None:
-        return [*ctx.new_events, WorkflowFailed(error_info(raised))]
-    try:
-        return [*ctx.new_events, WorkflowCompleted(payload.encode(task.result()))]
-    except (TypeError, ValueError) as err:
-        return [WorkflowFailed(ErrorInfo("InvalidResult", f"the result cannot be encoded as JSON: {err}", False))]
+    activation = Activation(state, workflow, now_ms)
+    events = activation.run(state)
+    activation.close()
+    return events

@@ -35,6 +35,9 @@ class Settings(BaseModel):
         100, ge=0, description="longest a fetch waits at the broker (latency against idle CPU)"
     )
     state_cache: int = Field(5_000, ge=0, description="committed states of recently active runs kept in memory")
+    suspended_runs: int = Field(
+        2_000, ge=0, description="coroutines of runs waiting on steps kept in memory, to resume without replay"
+    )
     max_payload_bytes: int = Field(1024 * 1024, ge=1, description="larger inbox records go to the dead-letter topic")
     session_timeout_ms: int = Field(10_000, description="consumer group session timeout")
     heartbeat_interval_ms: int = Field(1_000, description="consumer group heartbeat")

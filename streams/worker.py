@@ -120,7 +120,7 @@ class Worker:
         self.registry = registry
         self.settings = settings
         self.topics = Topics.named(settings.prefix)
-        self.actor = Actor(registry)
+        self.actor = Actor(registry, suspended_runs=settings.suspended_runs)
         self.clock: Clock = clock or WallClock()
         self.timers = TimerService(settings, self.clock, on_fired=self.offer)
         self.ready = asyncio.Event()
@@ -362,6 +362,7 @@ class Worker:
         self._open = Pending()
         self._room.set()
         self._cache.clear()  # committed states only, but some may have been read while a dropped one was applied
+        self.actor.forget()  # kept coroutines saw the dropped states (they would not be used again anyway)
 
     def _unoffer(self, dropped: Pending) -> None:
         """The records applied when written in ``dropped`` are applied again when the consumer reads them."""

@@ -9,11 +9,19 @@ import pytest
 from actors import RunFailed
 from actors.model import RunState, RunStatus
 from streams.client import Client, RunHandle
+from streams.settings import Settings
 from streams.worker import Worker
 from tests.support import eventually
 from tests.workflows import Greeting, chain
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """A worker that replays on every result: two of these workflows misbehave only when replayed, and a kept
+    coroutine (the default) would not be replayed until the worker restarts or lets it go."""
+    return settings.model_copy(update={"suspended_runs": 0})
 
 
 async def test_bad_workflows_are_failed_or_parked_while_the_others_complete(worker: Worker, client: Client) -> None:
