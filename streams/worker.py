@@ -351,14 +351,16 @@ class Worker:
             self._restored -= gone  # again: a resync that held the lock meanwhile restored them
         logger.info("revoked %s", sorted((tp.topic, tp.partition) for tp in revoked))
 
-    def _rebalancing(self) -> bool:
-        """Whether the consumer knows the group is reassigning partitions (aiokafka has no public accessor)."""
-        subscription = getattr(self._consumer, "_subscription", None)
-        return bool(getattr(subscription, "reassignment_in_progress", False))
-
     def _drop_open(self) -> None:
-        """Forget what was applied and not committed (the committed states stay on disk)."""
-        self._unoffer(self._open)
+        """Forget what was applied and not committed (the committed states stay on disk); read its inputs again."""
+        dropped = self._open
+        self._unoffer(dropped)
+        consumer = self._consumer
+        assigned = consumer.assignment() if consumer is not None else set()
+        for tp, offset in dropped.first.items():
+            self._consumed[tp] = offset
+            if consumer is not None and tp in assigned:
+                consumer.seek(tp, offset)
         self._open = Pending()
         self._room.set()
         self._cache.clear()  # committed states only, but some may have been read while a dropped one was applied
@@ -527,6 +529,7 @@ class Worker:
                 else:
                     self._apply(record, pending)
                     pending.inputs += 1
+            pending.first.setdefault(tp, records[0].offset)
             self._consumed[tp] = records[-1].offset + 1
             pending.offsets[tp] = records[-1].offset + 1
         self._work.set()
@@ -553,6 +556,7 @@ class Worker:
         if not self._handle(command, meta.partition, pending, None):
             return  # left to the consumer, which dead-letters it if it fails again
         if in_order:
+            pending.first.setdefault(tp, meta.offset)
             self._consumed[tp] = meta.offset + 1
             pending.offsets[tp] = meta.offset + 1
         self._offered.setdefault(tp, set()).add(meta.offset)
@@ -729,11 +733,6 @@ class Worker:
 
     async def _commit_open(self, *, force: bool) -> None:
         """Commit the open :class:`Pending` in one transaction (the lock is held)."""
-        if self._rebalancing():
-            # The group is moving partitions (this member may have been dropped after a session timeout):
-            # committing now could race the next owner. What was applied is read again, as on a revoke.
-            self._drop_open()
-            return
         pending = self._open
         for tp, tracked in self._task_offsets.items():
             nxt = tracked.committable()
