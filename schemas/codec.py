@@ -136,18 +136,71 @@ def _tagged(value: Any) -> Any:
 
 
 def _writer(cls: type) -> Callable[[Any], Any]:
+    """The function turning a ``cls`` into its dict, generated once from its fields' types.
+
+    Fields of plain types are copied as they are, an enum gives its value, a nested dataclass its own writer's
+    dict: the per-record cost is one dict display, not a generic conversion per field.
+    """
     hints = typing.get_type_hints(cls)
-    fields = []
+    names: dict[str, Any] = {}
+    items = []
     for f in dataclasses.fields(cls):
-        members = _union_args(hints[f.name])
-        records = [m for m in members or () if dataclasses.is_dataclass(m)]
-        fields.append((f.name, _tagged if len(records) > 1 else to_avro))
-
-    def write(value: Any) -> dict[str, Any]:
-        return {name: convert(getattr(value, name)) for name, convert in fields}
-
+        expression = _field_expression(hints[f.name], f"v.{f.name}", names)
+        items.append(f"{f.name!r}: {expression}")
+    source = f"def write(v):\n    return {{{', '.join(items)}}}\n"
+    namespace: dict[str, Any] = dict(names)
+    exec(compile(source, f"<avro writer of {cls.__name__}>", "exec"), namespace)  # source made above from the types
+    write: Callable[[Any], Any] = namespace["write"]
     _WRITERS[cls] = write
     return write
+
+
+def _field_expression(tp: Any, value: str, names: dict[str, Any]) -> str:
+    """Python source that converts ``value`` (an expression) of type ``tp`` for fastavro."""
+    members = _union_args(tp)
+    if members is not None:
+        present = [m for m in members if m is not type(None)]
+        if all(dataclasses.is_dataclass(m) for m in present):
+            # fastavro matches a plain dict against each branch of a union; the tuple notation names the branch.
+            return _call(names, "_tagged", _tagged, value)
+        if present == [bytes]:
+            return f"(None if {value} is None else ('bytes', {value}))"
+        if all(m in _PLAIN for m in present):
+            return value
+        if len(present) == 1:
+            return f"(None if {value} is None else {_field_expression(present[0], value, names)})"
+        return _call(names, "_to_avro", to_avro, value)
+    if tp in _PLAIN:
+        return value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return f"{value}.value"
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _call(names, f"_write_{tp.__name__}", _LazyWriter(tp), value)
+    if typing.get_origin(tp) in (tuple, list):
+        item = _field_expression(typing.get_args(tp)[0], "x", names)
+        return f"list({value})" if item == "x" else f"[{item} for x in {value}]"
+    return _call(names, "_to_avro", to_avro, value)
+
+
+def _call(names: dict[str, Any], name: str, function: Callable[[Any], Any], value: str) -> str:
+    names.setdefault(name, function)
+    return f"{name}({value})"
+
+
+class _LazyWriter:
+    """The writer of a nested dataclass, built on first use (types may refer to each other)."""
+
+    __slots__ = ("_cls", "_write")
+
+    def __init__(self, cls: type) -> None:
+        self._cls = cls
+        self._write: Callable[[Any], Any] | None = None
+
+    def __call__(self, value: Any) -> Any:
+        write = self._write
+        if write is None:
+            write = self._write = _WRITERS.get(self._cls) or _writer(self._cls)
+        return write(value)
 
 
 def _union_args(tp: Any) -> tuple[Any, ...] | None:
