@@ -70,7 +70,8 @@ class Pending:
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     """Next offsets to commit for the consumed partitions."""
     first: dict[TopicPartition, int] = field(default_factory=dict)
-    """The first inbox offset taken per partition: if this is dropped, the consumer reads on from there."""
+    """The first inbox offset applied per partition (read, or offered when written): if this is dropped, the
+    consumer reads again from there."""
     held: set[str] = field(default_factory=set)
     """Runs whose new steps wait for the commit: they took an input ahead of its place in the inbox, or read the
     clock, so a later owner applying the inbox again might schedule other steps."""

@@ -142,6 +142,7 @@ class Worker:
         self._consumed: dict[TopicPartition, int] = {}
         """Per inbox partition: every record before this offset has been applied (or skipped)."""
         self._offered: dict[TopicPartition, set[int]] = {}
+        self._rewind: dict[TopicPartition, int] = {}  # where to read again after dropped work (see _drop_open)
         """Per inbox partition: offsets of records applied before the consumer reached them, to skip then."""
         self._task_offsets: dict[TopicPartition, TaskOffsets] = {}
         self._local: dict[tuple[TopicPartition, int], LocalStep] = {}
@@ -257,10 +258,25 @@ class Worker:
                 await self._room.wait()
                 continue
             batch = await self._consumer.getmany(timeout_ms=200, max_records=APPLY_CHUNK)
+            self._rewind_dropped(batch)
             self._flow_control()
             if batch:
                 self._take(batch)
                 await asyncio.sleep(0)  # let step outcomes and timer firings in between chunks
+
+    def _rewind_dropped(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Read again from where dropped work began; records fetched before that are left out of ``batch``.
+
+        The seek is made here, between two reads, because the records of a read that was under way while the work
+        was dropped may begin after the rewound offset: applied, they would move the position past inputs that
+        are no longer applied anywhere.
+        """
+        assert self._consumer is not None
+        for tp, offset in self._rewind.items():
+            batch.pop(tp, None)
+            if tp in self._consumer.assignment():
+                self._consumer.seek(tp, offset)
+        self._rewind.clear()
 
     async def _commits(self) -> None:
         """Commit what was applied, one transaction at a time, as soon as there is something to commit."""
@@ -355,12 +371,12 @@ class Worker:
         """Forget what was applied and not committed (the committed states stay on disk); read its inputs again."""
         dropped = self._open
         self._unoffer(dropped)
-        consumer = self._consumer
-        assigned = consumer.assignment() if consumer is not None else set()
-        for tp, offset in dropped.first.items():
-            self._consumed[tp] = offset
-            if consumer is not None and tp in assigned:
-                consumer.seek(tp, offset)
+        for tp, first in dropped.first.items():
+            position = self._consumed.get(tp)
+            if position is None or position <= first:
+                continue  # the consumer has not handed it out yet (an input offered ahead of it)
+            self._consumed[tp] = first
+            self._rewind[tp] = min(self._rewind.get(tp, first), first)
         self._open = Pending()
         self._room.set()
         self._cache.clear()  # committed states only, but some may have been read while a dropped one was applied
@@ -377,6 +393,7 @@ class Worker:
             self._task_offsets.pop(tp, None)
             self._consumed.pop(tp, None)
             self._offered.pop(tp, None)
+            self._rewind.pop(tp, None)
         for at in [at for at in self._local if at[0] in partitions]:
             del self._local[at]
 
@@ -527,9 +544,10 @@ class Worker:
                 if offered and record.offset in offered:
                     offered.discard(record.offset)  # applied when it was written
                 else:
+                    if tp not in pending.first or record.offset < pending.first[tp]:
+                        pending.first[tp] = record.offset  # an input offered ahead may have come first
                     self._apply(record, pending)
                     pending.inputs += 1
-            pending.first.setdefault(tp, records[0].offset)
             self._consumed[tp] = records[-1].offset + 1
             pending.offsets[tp] = records[-1].offset + 1
         self._work.set()
@@ -556,9 +574,9 @@ class Worker:
         if not self._handle(command, meta.partition, pending, None):
             return  # left to the consumer, which dead-letters it if it fails again
         if in_order:
-            pending.first.setdefault(tp, meta.offset)
             self._consumed[tp] = meta.offset + 1
             pending.offsets[tp] = meta.offset + 1
+        pending.first[tp] = min(pending.first.get(tp, meta.offset), meta.offset)
         self._offered.setdefault(tp, set()).add(meta.offset)
         pending.offered.append((tp, meta.offset))
         self._work.set()

@@ -1,0 +1,31 @@
+"""Work applied and then dropped before its commit (a revoke, a failed transaction) is read again, not lost."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from streams.check import check
+from streams.client import Client
+from streams.settings import Settings
+from streams.worker import Worker
+from tests.workflows import Greeting, chain
+
+pytestmark = pytest.mark.integration
+
+
+async def test_work_dropped_before_its_commit_is_read_again(worker: Worker, client: Client, settings: Settings) -> None:
+    handles = [await client.start(chain, Greeting(name=f"d{i}"), id=f"drop-{i}") for i in range(40)]
+    for _ in range(30):
+        # What a revoke or a failed commit does: everything applied since the last commit is dropped, including
+        # step outcomes applied as they were written.
+        await asyncio.sleep(0.02)
+        async with worker._lock:
+            worker._drop_open()
+
+    results = await asyncio.gather(*(h.result(timeout=60) for h in handles))
+
+    assert [r["text"] for r in results] == [f"HELLO D{i}" for i in range(40)]
+    report = await check(settings)
+    assert report.ok, report.findings
