@@ -401,7 +401,11 @@ class Worker:
         """Bring the local state of newly owned partitions up to date from the changelog."""
         partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topics.inbox)
         began = time.monotonic()
-        async with self._lock:  # no input is applied to a partition whose state is not restored yet
+        # No input is applied to a partition whose state is not restored yet: the reader and the offers look at
+        # the restored set, which a resync may have filled while this waited for the lock.
+        self._restored -= set(partitions)
+        async with self._lock:
+            self._restored -= set(partitions)
             self._cache.clear()
             self._forget(assigned)
             restored = await self._restore(partitions)
