@@ -527,7 +527,7 @@ class Actor:
     @staticmethod
     def _activate(
         kept: _Suspended | None, state: RunState, workflow: Workflow, now_ms: int
-    ) -> tuple[_Suspended | None, list[EventBody]]:
+    ) -> tuple[_Suspended, list[EventBody]]:
         """Resume the kept coroutine if it can take ``state``; otherwise replay from the start."""
         if kept is not None and kept.activation.workflow is workflow:
             bodies = kept.activation.resume(state, now_ms)
