@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import aiokafka.producer.sender
@@ -142,8 +143,9 @@ class Worker:
         self._consumed: dict[TopicPartition, int] = {}
         """Per inbox partition: every record before this offset has been applied (or skipped)."""
         self._offered: dict[TopicPartition, set[int]] = {}
-        self._rewind: dict[TopicPartition, int] = {}  # where to read again after dropped work (see _drop_open)
         """Per inbox partition: offsets of records applied before the consumer reached them, to skip then."""
+        self._rewind: dict[TopicPartition, int] = {}
+        """Per inbox partition: where the reader reads again after dropped work (see :meth:`_drop_open`)."""
         self._task_offsets: dict[TopicPartition, TaskOffsets] = {}
         self._local: dict[tuple[TopicPartition, int], LocalStep] = {}
         """Steps this worker scheduled and runs itself, by where their task records are (committed ones only)."""
@@ -359,13 +361,22 @@ class Worker:
         owner. Every input it holds is in the inbox, after the committed offsets; the group protocol revokes all
         partitions, and the ones assigned again are read from their committed offsets.
         """
-        gone = {tp.partition for tp in revoked}
-        self._restored -= gone  # from now on their inputs are left to the next owner
-        async with self._lock:
+        async with self._withheld({tp.partition for tp in revoked}):  # their inputs are left to the next owner
             self._drop_open()
             self._forget(revoked)
-            self._restored -= gone  # again: a resync that held the lock meanwhile restored them
         logger.info("revoked %s", sorted((tp.topic, tp.partition) for tp in revoked))
+
+    @contextlib.asynccontextmanager
+    async def _withheld(self, partitions: set[int]) -> AsyncIterator[None]:
+        """Hold the lock with ``partitions`` out of the restored set: neither the reader nor an offer applies them.
+
+        They are taken out before waiting for the lock and again once it is held: a resync that held it meanwhile
+        marks every assigned partition restored.
+        """
+        self._restored -= partitions
+        async with self._lock:
+            self._restored -= partitions
+            yield
 
     def _drop_open(self) -> None:
         """Forget what was applied and not committed (the committed states stay on disk); read its inputs again."""
@@ -401,11 +412,7 @@ class Worker:
         """Bring the local state of newly owned partitions up to date from the changelog."""
         partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topics.inbox)
         began = time.monotonic()
-        # No input is applied to a partition whose state is not restored yet: the reader and the offers look at
-        # the restored set, which a resync may have filled while this waited for the lock.
-        self._restored -= set(partitions)
-        async with self._lock:
-            self._restored -= set(partitions)
+        async with self._withheld(set(partitions)):  # no input is applied to a state not restored yet
             self._cache.clear()
             self._forget(assigned)
             restored = await self._restore(partitions)
