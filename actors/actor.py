@@ -7,8 +7,8 @@ replay executor, which runs the user's workflow code when a result arrives.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
-from typing import assert_never
+from dataclasses import dataclass, field
+from typing import Any, assert_never
 
 from actors import payload
 from actors.commands import (
@@ -44,6 +44,7 @@ from actors.events import (
     WorkflowStarted,
     WorkflowStuck,
 )
+from actors.frozen import replace
 from actors.model import (
     RECENT_EVENT_IDS,
     BufferedEvent,
@@ -240,7 +241,12 @@ def evolve(state: RunState | None, event: Event) -> RunState:
             updated_at_ms=event.at_ms,
             history_len=1,
         )
-    state = replace(state, history_len=state.history_len + 1, updated_at_ms=event.at_ms)
+    changes = _changes(state, body, event.at_ms)
+    return replace(state, history_len=state.history_len + 1, updated_at_ms=event.at_ms, **changes)
+
+
+def _changes(state: RunState, body: EventBody, at_ms: int) -> dict[str, Any]:
+    """The fields of ``state`` that ``body`` changes (one copy of the state per event, made by the caller)."""
     match body:
         case WorkflowStarted():
             raise ValueError(f"run {state.key} started twice in its history")
@@ -257,8 +263,8 @@ def evolve(state: RunState | None, event: Event) -> RunState:
                     args=body.args,
                     options=body.options,
                 )
-            entry = replace(entry, state=EntryState.SCHEDULED, attempt=body.attempt, scheduled_at_ms=event.at_ms)
-            return replace(state, journal=_set_entry(state, entry))
+            entry = replace(entry, state=EntryState.SCHEDULED, attempt=body.attempt, scheduled_at_ms=at_ms)
+            return {"journal": _set_entry(state, entry)}
         case StepCompleted():
             entry = state.journal[body.seq]
             resolution = state.resolutions + 1
@@ -269,39 +275,39 @@ def evolve(state: RunState | None, event: Event) -> RunState:
                 result=body.result,
                 args=None,
                 options=None,
-                finished_at_ms=event.at_ms,
+                finished_at_ms=at_ms,
                 resolution=resolution,
             )
-            return replace(state, journal=_set_entry(state, done), resolutions=resolution)
+            return {"journal": _set_entry(state, done), "resolutions": resolution}
         case StepAttemptFailed():
             entry = replace(state.journal[body.seq], error=body.error)
             if not body.final:
                 # The next attempt is now the current one, even while it waits for its backoff timer.
                 entry = replace(entry, attempt=body.attempt + 1)
-                return replace(state, journal=_set_entry(state, entry))
+                return {"journal": _set_entry(state, entry)}
             resolution = state.resolutions + 1
             entry = replace(
                 entry,
                 state=EntryState.FAILED,
                 args=None,
                 options=None,
-                finished_at_ms=event.at_ms,
+                finished_at_ms=at_ms,
                 resolution=resolution,
             )
-            return replace(state, journal=_set_entry(state, entry), resolutions=resolution)
+            return {"journal": _set_entry(state, entry), "resolutions": resolution}
         case StepResultDropped():
-            return state
+            return {}
         case ValueRecorded():
             entry = JournalEntry(
                 seq=body.seq, kind=EntryKind.VALUE, name=body.name, state=EntryState.COMPLETED, args=body.value
             )
-            return replace(state, journal=_set_entry(state, entry))
+            return {"journal": _set_entry(state, entry)}
         case WorkflowCompleted():
-            return replace(state, status=RunStatus.COMPLETED, result=body.result)
+            return {"status": RunStatus.COMPLETED, "result": body.result}
         case WorkflowFailed():
-            return replace(state, status=RunStatus.FAILED, error=body.error)
+            return {"status": RunStatus.FAILED, "error": body.error}
         case WorkflowStuck():
-            return replace(state, status=RunStatus.STUCK, reason=body.reason)
+            return {"status": RunStatus.STUCK, "reason": body.reason}
         case SleepStarted():
             entry = JournalEntry(
                 seq=body.seq,
@@ -309,40 +315,40 @@ def evolve(state: RunState | None, event: Event) -> RunState:
                 name=body.name,
                 state=EntryState.SCHEDULED,
                 args=payload.encode(body.until_ms),
-                scheduled_at_ms=event.at_ms,
+                scheduled_at_ms=at_ms,
             )
-            return replace(state, journal=_set_entry(state, entry))
+            return {"journal": _set_entry(state, entry)}
         case TimerScheduled():
-            return replace(state, timers=(*state.timers, body.timer))
+            return {"timers": (*state.timers, body.timer)}
         case TimerCancelled():
-            return replace(state, timers=tuple(t for t in state.timers if t.id != body.timer_id))
+            return {"timers": tuple(t for t in state.timers if t.id != body.timer_id)}
         case EventAwaited() | EventReceived() | EventDelivered() | WaitTimedOut() | CancelRequested():
-            return _evolve_outside(state, body, event.at_ms)
+            return _outside_changes(state, body, at_ms)
         case WorkflowCancelled():
             error = ErrorInfo("Cancelled", body.reason, retryable=False)
-            return replace(state, status=RunStatus.CANCELLED, error=error)
+            return {"status": RunStatus.CANCELLED, "error": error}
         case TimerFired():
-            state = replace(state, timers=tuple(t for t in state.timers if t.id != body.timer.id))
+            timers = tuple(t for t in state.timers if t.id != body.timer.id)
             if body.timer.purpose is not TimerPurpose.SLEEP:
-                return state
+                return {"timers": timers}
             resolution = state.resolutions + 1
             woke = replace(
                 state.journal[body.timer.seq],
                 state=EntryState.COMPLETED,
-                finished_at_ms=event.at_ms,
+                finished_at_ms=at_ms,
                 resolution=resolution,
             )
-            return replace(state, journal=_set_entry(state, woke), resolutions=resolution)
+            return {"timers": timers, "journal": _set_entry(state, woke), "resolutions": resolution}
         case _:
             assert_never(body)
 
 
-def _evolve_outside(
+def _outside_changes(
     state: RunState,
     body: EventAwaited | EventReceived | EventDelivered | WaitTimedOut | CancelRequested,
     at_ms: int,
-) -> RunState:
-    """Evolve by what came from outside the workflow: awaited events and cancellation."""
+) -> dict[str, Any]:
+    """What comes from outside the workflow changes: awaited events and cancellation."""
     match body:
         case EventAwaited():
             entry = JournalEntry(
@@ -353,10 +359,10 @@ def _evolve_outside(
                 args=payload.encode(body.timeout_ms),
                 scheduled_at_ms=at_ms,
             )
-            return replace(state, journal=_set_entry(state, entry))
+            return {"journal": _set_entry(state, entry)}
         case EventReceived():
             buffered = BufferedEvent(body.id, body.name, body.payload, at_ms)
-            return replace(state, events=(*state.events, buffered), event_ids=_remember(state, body.id))
+            return {"events": (*state.events, buffered), "event_ids": _remember(state, body.id)}
         case EventDelivered():
             resolution = state.resolutions + 1
             answered = replace(
@@ -366,13 +372,12 @@ def _evolve_outside(
                 finished_at_ms=at_ms,
                 resolution=resolution,
             )
-            return replace(
-                state,
-                journal=_set_entry(state, answered),
-                resolutions=resolution,
-                events=tuple(e for e in state.events if e.id != body.id),
-                event_ids=_remember(state, body.id),
-            )
+            return {
+                "journal": _set_entry(state, answered),
+                "resolutions": resolution,
+                "events": tuple(e for e in state.events if e.id != body.id),
+                "event_ids": _remember(state, body.id),
+            }
         case WaitTimedOut():
             resolution = state.resolutions + 1
             error = ErrorInfo("EventTimeout", f"no event {body.name!r} in time", retryable=False)
@@ -383,7 +388,7 @@ def _evolve_outside(
                 finished_at_ms=at_ms,
                 resolution=resolution,
             )
-            return replace(state, journal=_set_entry(state, timed_out), resolutions=resolution)
+            return {"journal": _set_entry(state, timed_out), "resolutions": resolution}
         case CancelRequested():
             # Every open call fails with Cancelled in one round: the workflow sees it at its current await.
             resolution = state.resolutions + 1
@@ -394,7 +399,7 @@ def _evolve_outside(
                 else e
                 for e in state.journal
             )
-            return replace(state, journal=journal, resolutions=resolution, cancel_reason=body.reason)
+            return {"journal": journal, "resolutions": resolution, "cancel_reason": body.reason}
         case _:
             assert_never(body)
 
