@@ -5,10 +5,10 @@ little-endian CRC-64-AVRO fingerprint of the writer's schema (parsing canonical 
 body. Any Avro library can read it with the ``*.avsc`` files of this folder. Each record also carries a Kafka
 header ``steady.schema`` with the schema's full name, so consumers can route without decoding.
 
-:func:`to_avro` and :func:`from_avro` map frozen dataclasses to and from the dicts fastavro reads and writes.
 A dataclass maps to the Avro record of the same (unqualified) name in the ``steady`` namespace, field by
-field; a field typed as a union of dataclasses maps to an Avro union of records (written in fastavro's tuple
-notation, which names the branch).
+field; a field typed as a union of dataclasses maps to an Avro union of records. :meth:`Codec.writer` generates
+the Avro binary writer of a dataclass from the schema; :func:`from_avro` turns what fastavro reads back into
+dataclasses.
 """
 
 from __future__ import annotations
@@ -69,17 +69,23 @@ class Codec:
         self.full_name: str = schema["name"]
         canonical = to_parsing_canonical_form(self.schema)
         # Parsed once: fastavro would otherwise parse a plain dict schema on every read and write.
-        self._parsed = fastavro.parse_schema(schema)
+        self._parsed: dict[str, Any] = fastavro.parse_schema(schema)  # type: ignore[assignment]
         self.fingerprint = struct.pack("<Q", fingerprint64(canonical.encode()))
         self.prefix = _MARKER + self.fingerprint
         self.header = (SCHEMA_HEADER, self.full_name.encode())
 
-    def encode(self, record: dict[str, Any]) -> bytes:
-        """The single-object encoding of ``record``."""
-        out = io.BytesIO()
-        out.write(self.prefix)
-        fastavro.schemaless_writer(out, self._parsed, record)
-        return out.getvalue()
+    def writer(self, cls: type) -> Callable[[Any], bytes]:
+        """A function giving the single-object encoding of a ``cls`` instance (a dataclass of this record)."""
+        writers = _Writers(self._parsed.get("__named_schemas", {}))
+        write = writers.namespace[writers.record(self._parsed, cls)]
+        prefix = self.prefix
+
+        def encode(value: Any) -> bytes:
+            out = bytearray(prefix)
+            write(value, out)
+            return bytes(out)
+
+        return encode
 
     def decode(self, data: bytes) -> dict[str, Any]:
         """The record in ``data``; raises :class:`CodecError` if it is not this schema's single-object encoding."""
@@ -108,99 +114,154 @@ def codec(name: str) -> Codec:
     return Codec(name)
 
 
-def to_avro(value: Any) -> Any:
-    """A dataclass (recursively) as the dict fastavro writes."""
-    cls = type(value)
-    if cls in _PLAIN:
-        return value
-    writer = _WRITERS.get(cls)
-    if writer is not None:
-        return writer(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _writer(cls)(value)
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, tuple | list):
-        return [to_avro(v) for v in value]
-    return value
-
-
-_PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
-_WRITERS: dict[type, Callable[[Any], Any]] = {}
 _READERS: dict[type, Callable[[dict[str, Any]], Any]] = {}
 
 
-def _tagged(value: Any) -> Any:
-    # fastavro's tuple notation names the union branch; far quicker than letting it search the branches.
-    return None if value is None else (f"steady.{type(value).__name__}", to_avro(value))
+def _write_long(out: bytearray, n: int) -> None:
+    """Avro ``int``/``long``: zig-zag, then 7 bits per byte, low bits first."""
+    n = (n << 1) ^ (n >> 63)
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
 
 
-def _writer(cls: type) -> Callable[[Any], Any]:
-    """The function turning a ``cls`` into its dict, generated once from its fields' types.
+def _write_bytes(out: bytearray, data: bytes) -> None:
+    """Avro ``bytes``: the length, then the bytes."""
+    size = len(data)
+    if size < 64:
+        out.append(size << 1)  # the zig-zag varint of a length under 64 is one byte
+    else:
+        _write_long(out, size)
+    out += data
 
-    Fields of plain types are copied as they are, an enum gives its value, a nested dataclass its own writer's
-    dict: the per-record cost is one dict display, not a generic conversion per field.
+
+def _write_string(out: bytearray, text: str) -> None:
+    """Avro ``string``: its UTF-8 bytes."""
+    _write_bytes(out, text.encode())
+
+
+_PRIMITIVE_WRITES = {
+    "string": "_write_string(out, {})",
+    "bytes": "_write_bytes(out, {})",
+    "long": "_write_long(out, {})",
+    "int": "_write_long(out, {})",
+    "boolean": "out.append(1 if {} else 0)",
+    "double": "out += _pack_double({})",
+    "float": "out += _pack_float({})",
+}
+
+
+class _Writers:
+    """Avro binary writers generated from one schema file and the dataclasses that its records map to.
+
+    Each record gets a function that appends the fields of a dataclass instance to a ``bytearray`` in the
+    schema's order: no intermediate dict, no per-field type dispatch. The schema decides the encoding; the
+    dataclass field types decide which union branch a value takes and that an enum is written by its value.
     """
-    hints = typing.get_type_hints(cls)
-    names: dict[str, Any] = {}
-    items = []
-    for f in dataclasses.fields(cls):
-        expression = _field_expression(hints[f.name], f"v.{f.name}", names)
-        items.append(f"{f.name!r}: {expression}")
-    source = f"def write(v):\n    return {{{', '.join(items)}}}\n"
-    namespace: dict[str, Any] = dict(names)
-    exec(compile(source, f"<avro writer of {cls.__name__}>", "exec"), namespace)  # source made above from the types
-    write: Callable[[Any], Any] = namespace["write"]
-    _WRITERS[cls] = write
-    return write
 
+    def __init__(self, named: dict[str, Any]) -> None:
+        self._named = named
+        self._made: dict[tuple[str, type], str] = {}
+        self._temps = 0
+        self.namespace: dict[str, Any] = {
+            "_write_long": _write_long,
+            "_write_bytes": _write_bytes,
+            "_write_string": _write_string,
+            "_pack_double": struct.Struct("<d").pack,
+            "_pack_float": struct.Struct("<f").pack,
+        }
 
-def _field_expression(tp: Any, value: str, names: dict[str, Any]) -> str:
-    """Python source that converts ``value`` (an expression) of type ``tp`` for fastavro."""
-    members = _union_args(tp)
-    if members is not None:
-        present = [m for m in members if m is not type(None)]
-        if all(dataclasses.is_dataclass(m) for m in present):
-            # fastavro matches a plain dict against each branch of a union; the tuple notation names the branch.
-            return _call(names, "_tagged", _tagged, value)
-        if present == [bytes]:
-            return f"(None if {value} is None else ('bytes', {value}))"
-        if all(m in _PLAIN for m in present):
-            return value
-        if len(present) == 1:
-            return f"(None if {value} is None else {_field_expression(present[0], value, names)})"
-        return _call(names, "_to_avro", to_avro, value)
-    if tp in _PLAIN:
-        return value
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return f"{value}.value"
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return _call(names, f"_write_{tp.__name__}", _LazyWriter(tp), value)
-    if typing.get_origin(tp) in (tuple, list):
-        item = _field_expression(typing.get_args(tp)[0], "x", names)
-        return f"list({value})" if item == "x" else f"[{item} for x in {value}]"
-    return _call(names, "_to_avro", to_avro, value)
+    def record(self, schema: dict[str, Any], cls: type) -> str:
+        """The name of the function writing ``cls`` as record ``schema`` (made on first use)."""
+        made = self._made.get((schema["name"], cls))
+        if made is not None:
+            return made
+        name = f"_write_{cls.__name__}_{len(self._made)}"
+        self._made[(schema["name"], cls)] = name  # before the fields: a record may contain itself
+        hints = typing.get_type_hints(cls)
+        lines = [f"def {name}(v, out):"]
+        for field in schema["fields"]:
+            if field["name"] not in hints:
+                raise TypeError(f"{cls.__name__} has no field {field['name']!r} of Avro record {schema['name']}")
+            lines += self._value(field["type"], hints[field["name"]], f"v.{field['name']}", "    ")
+        if len(lines) == 1:
+            lines.append("    pass")
+        source = "\n".join(lines) + "\n"
+        # The source is made here from the schema's field names and types.
+        exec(compile(source, f"<avro writer of {schema['name']}>", "exec"), self.namespace)
+        return name
 
+    def _value(self, schema: Any, tp: Any, value: str, indent: str) -> list[str]:
+        if isinstance(schema, str) and schema in self._named:
+            schema = self._named[schema]
+        if isinstance(schema, list):
+            return self._union(schema, tp, value, indent)
+        if isinstance(schema, dict):
+            kind = schema["type"]
+            if kind == "record":
+                return [f"{indent}{self.record(schema, tp)}({value}, out)"]
+            if kind == "array":
+                return self._array(schema, tp, value, indent)
+            if isinstance(kind, str) and kind in _PRIMITIVE_WRITES:
+                return self._value(kind, tp, value, indent)  # a primitive with attributes (e.g. a logical type)
+            raise TypeError(f"no Avro writer for {kind!r}")
+        if schema == "null":
+            return []
+        if isinstance(tp, type) and issubclass(tp, enum.Enum):
+            value = f"{value}.value"
+        return [indent + _PRIMITIVE_WRITES[schema].format(value)]
 
-def _call(names: dict[str, Any], name: str, function: Callable[[Any], Any], value: str) -> str:
-    names.setdefault(name, function)
-    return f"{name}({value})"
+    def _temp(self) -> str:
+        self._temps += 1
+        return f"x{self._temps}"
 
+    def _array(self, schema: dict[str, Any], tp: Any, value: str, indent: str) -> list[str]:
+        items, item = self._temp(), self._temp()
+        return [
+            f"{indent}{items} = {value}",
+            f"{indent}if {items}:",
+            f"{indent}    _write_long(out, len({items}))",
+            f"{indent}    for {item} in {items}:",
+            *self._value(schema["items"], typing.get_args(tp)[0], item, indent + "        "),
+            f"{indent}out.append(0)",
+        ]
 
-class _LazyWriter:
-    """The writer of a nested dataclass, built on first use (types may refer to each other)."""
-
-    __slots__ = ("_cls", "_write")
-
-    def __init__(self, cls: type) -> None:
-        self._cls = cls
-        self._write: Callable[[Any], Any] | None = None
-
-    def __call__(self, value: Any) -> Any:
-        write = self._write
-        if write is None:
-            write = self._write = _WRITERS.get(self._cls) or _writer(self._cls)
-        return write(value)
+    def _union(self, schema: list[Any], tp: Any, value: str, indent: str) -> list[str]:
+        if len(schema) >= 64:
+            raise TypeError("unions of 64 branches or more are not supported")
+        branches = [self._named.get(b, b) if isinstance(b, str) else b for b in schema]
+        members = [m for m in (_union_args(tp) or (tp,)) if m is not type(None)]
+        temp = self._temp()
+        lines = [f"{indent}{temp} = {value}"]
+        inner = indent
+        if "null" in branches:
+            lines += [
+                f"{indent}if {temp} is None:",
+                f"{indent}    out.append({2 * branches.index('null')})",
+                f"{indent}else:",
+            ]
+            inner = indent + "    "
+        others = [(i, b) for i, b in enumerate(branches) if b != "null"]
+        if len(others) == 1 and len(members) == 1:
+            index, branch = others[0]
+            return [*lines, f"{inner}out.append({2 * index})", *self._value(branch, members[0], temp, inner)]
+        # Several records: the value's class names its branch.
+        by_name = {f"steady.{m.__name__}": m for m in members if isinstance(m, type) and dataclasses.is_dataclass(m)}
+        table: dict[type, tuple[int, Callable[..., None]]] = {}
+        for index, branch in others:
+            if not isinstance(branch, dict) or branch.get("type") != "record" or branch["name"] not in by_name:
+                raise TypeError(f"no dataclass for union branch {branch!r} of {tp}")
+            cls = by_name[branch["name"]]
+            table[cls] = (2 * index, self.namespace[self.record(branch, cls)])
+        table_name = f"_union_{self._temp()}"
+        self.namespace[table_name] = table
+        return [
+            *lines,
+            f"{inner}index, write = {table_name}[type({temp})]",
+            f"{inner}out.append(index)",
+            f"{inner}write({temp}, out)",
+        ]
 
 
 def _union_args(tp: Any) -> tuple[Any, ...] | None:

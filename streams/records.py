@@ -10,7 +10,7 @@ from actors.errors import ErrorInfo
 from actors.events import Event
 from actors.model import RunState, Timer
 from actors.payload import Payload
-from schemas.codec import Codec, codec, from_avro, to_avro
+from schemas.codec import Codec, codec, from_avro
 
 T = TypeVar("T")
 
@@ -107,6 +107,7 @@ class RecordType:
     def __init__(self, cls: type[Any], schema: str) -> None:
         self.cls = cls
         self.codec: Codec = codec(schema)
+        self._write = self.codec.writer(cls)
 
     @property
     def headers(self) -> list[tuple[str, bytes]]:
@@ -115,7 +116,7 @@ class RecordType:
 
     def encode(self, value: object) -> bytes:
         """The record's bytes."""
-        return self.codec.encode(to_avro(value))
+        return self._write(value)
 
     def decode(self, data: bytes) -> Any:
         """The record in ``data``; raises ``schemas.codec.CodecError`` when it does not fit."""
