@@ -126,30 +126,19 @@ def _write_long(out: bytearray, n: int) -> None:
     out.append(n)
 
 
-def _write_bytes(out: bytearray, data: bytes) -> None:
-    """Avro ``bytes``: the length, then the bytes."""
-    size = len(data)
-    if size < 64:
-        out.append(size << 1)  # the zig-zag varint of a length under 64 is one byte
-    else:
-        _write_long(out, size)
-    out += data
-
-
-def _write_string(out: bytearray, text: str) -> None:
-    """Avro ``string``: its UTF-8 bytes."""
-    _write_bytes(out, text.encode())
-
-
+_LENGTH_AND_BYTES = (
+    "if len({t}) < 64:\n    out.append(len({t}) << 1)\nelse:\n    _write_long(out, len({t}))\nout += {t}"
+)
 _PRIMITIVE_WRITES = {
-    "string": "_write_string(out, {})",
-    "bytes": "_write_bytes(out, {})",
-    "long": "_write_long(out, {})",
-    "int": "_write_long(out, {})",
-    "boolean": "out.append(1 if {} else 0)",
-    "double": "out += _pack_double({})",
-    "float": "out += _pack_float({})",
+    # One-byte varints (lengths and numbers from 0 to 63, the common case) are written inline, without a call.
+    "string": "{t} = {v}.encode()\n" + _LENGTH_AND_BYTES,
+    "bytes": "{t} = {v}\n" + _LENGTH_AND_BYTES,
+    "long": "{t} = {v}\nif 0 <= {t} < 64:\n    out.append({t} << 1)\nelse:\n    _write_long(out, {t})",
+    "boolean": "out.append(1 if {v} else 0)",
+    "double": "out += _pack_double({v})",
+    "float": "out += _pack_float({v})",
 }
+_PRIMITIVE_WRITES["int"] = _PRIMITIVE_WRITES["long"]
 
 
 class _Writers:
@@ -166,8 +155,6 @@ class _Writers:
         self._temps = 0
         self.namespace: dict[str, Any] = {
             "_write_long": _write_long,
-            "_write_bytes": _write_bytes,
-            "_write_string": _write_string,
             "_pack_double": struct.Struct("<d").pack,
             "_pack_float": struct.Struct("<f").pack,
         }
@@ -210,7 +197,8 @@ class _Writers:
             return []
         if isinstance(tp, type) and issubclass(tp, enum.Enum):
             value = f"{value}.value"
-        return [indent + _PRIMITIVE_WRITES[schema].format(value)]
+        code = _PRIMITIVE_WRITES[schema].format(v=value, t=self._temp())
+        return [indent + line for line in code.split("\n")]
 
     def _temp(self) -> str:
         self._temps += 1
