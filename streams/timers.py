@@ -221,11 +221,14 @@ class TimerService:
             now = self.clock.now_ms()
             fired = 0
             try:
-                for partition in sorted(self.owned):
-                    due = self.store.due(partition, now, self.max_batch)
-                    if due:
-                        await self._fire(partition, due)
-                        fired += len(due)
+                due = {p: timers for p in sorted(self.owned) if (timers := self.store.due(p, now, self.max_batch))}
+                # Every partition at once: a sweep waits for the broker's acknowledgement once, not once per partition
+                # (timers that fall due meanwhile wait for the next sweep).
+                outcomes = await asyncio.gather(*(self._fire(p, t) for p, t in due.items()), return_exceptions=True)
+                for outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                fired = sum(len(t) for t in due.values())
                 backoff = 0.1
             except (KafkaError, TimeoutError, OSError) as exc:
                 # The due timers stay in the store and fire when the broker is back.
