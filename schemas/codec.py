@@ -6,9 +6,9 @@ body. Any Avro library can read it with the ``*.avsc`` files of this folder. Eac
 header ``steady.schema`` with the schema's full name, so consumers can route without decoding.
 
 A dataclass maps to the Avro record of the same (unqualified) name in the ``steady`` namespace, field by
-field; a field typed as a union of dataclasses maps to an Avro union of records. :meth:`Codec.writer` generates
-the Avro binary writer of a dataclass from the schema; :func:`from_avro` turns what fastavro reads back into
-dataclasses.
+field; a field typed as a union of dataclasses maps to an Avro union of records. :meth:`Codec.writer` and
+:meth:`Codec.reader` generate the Avro binary writer and reader of a dataclass from the schema (no intermediate
+dicts); :meth:`Codec.decode` reads any record of the schema with fastavro, into dicts.
 """
 
 from __future__ import annotations
@@ -87,12 +87,30 @@ class Codec:
 
         return encode
 
-    def decode(self, data: bytes) -> dict[str, Any]:
-        """The record in ``data``; raises :class:`CodecError` if it is not this schema's single-object encoding."""
+    def reader(self, cls: type[T]) -> Callable[[bytes], T]:
+        """A function reading this schema's single-object encoding into a ``cls`` (raises :class:`CodecError`)."""
+        readers = _Readers(self._parsed.get("__named_schemas", {}))
+        read = readers.namespace[readers.record(self._parsed, cls)]
+
+        def decode(data: bytes) -> T:
+            self._check_header(data)
+            try:
+                value, _ = read(data, 10)
+            except (IndexError, ValueError, KeyError, TypeError, struct.error) as exc:
+                raise CodecError(f"bad {self.full_name} body: {type(exc).__name__}: {exc}") from exc
+            return value  # type: ignore[no-any-return]
+
+        return decode
+
+    def _check_header(self, data: bytes) -> None:
         if data[:2] != _MARKER:
             raise CodecError("not an Avro single-object encoding (missing C3 01 marker)")
         if data[2:10] != self.fingerprint:
             raise CodecError(f"written with another schema than {self.full_name} (fingerprint {data[2:10].hex()})")
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        """The record in ``data`` as fastavro reads it; raises :class:`CodecError` if it is not this schema's."""
+        self._check_header(data)
         try:
             record = fastavro.schemaless_reader(
                 io.BytesIO(data[10:]),
@@ -112,9 +130,6 @@ class Codec:
 def codec(name: str) -> Codec:
     """The shared codec of ``schemas/<name>.avsc``."""
     return Codec(name)
-
-
-_READERS: dict[type, Callable[[dict[str, Any]], Any]] = {}
 
 
 def _write_long(out: bytearray, n: int) -> None:
@@ -259,58 +274,147 @@ def _union_args(tp: Any) -> tuple[Any, ...] | None:
     return None
 
 
-def _converter(tp: Any) -> Callable[[Any], Any]:
-    """A function turning what fastavro read for a field of type ``tp`` into the Python value."""
-    members = _union_args(tp)
-    if members is not None:
-        classes = [m for m in members if m is not type(None)]
-        by_name = {getattr(c, "__name__", ""): c for c in classes}
-        single = _converter(classes[0]) if len(classes) == 1 else None
-
-        def union(data: Any) -> Any:
-            if data is None:
-                return None
-            if isinstance(data, tuple):  # (record name, fields) for a union of several records
-                name, fields = data
-                cls = by_name.get(name.rsplit(".", 1)[-1])
-                if cls is None:
-                    raise CodecError(f"unexpected record {name} for {tp}")
-                return from_avro(cls, fields)
-            return single(data) if single is not None else data
-
-        return union
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        cls = tp
-        return lambda data: None if data is None else from_avro(cls, data)
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return tp
-    if typing.get_origin(tp) is tuple:
-        item = _converter(typing.get_args(tp)[0])
-        return lambda data: tuple(item(v) for v in data)
-    return _identity
+def _read_long(data: bytes, at: int) -> tuple[int, int]:
+    """An Avro ``long`` at ``at``: its value and the position after it."""
+    shift = n = 0
+    while True:
+        byte = data[at]
+        at += 1
+        n |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return (n >> 1) ^ -(n & 1), at
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")
 
 
-def _identity(data: Any) -> Any:
-    return data
+def _read_block_size(data: bytes, at: int) -> tuple[int, int]:
+    """An array block's item count (a negative count is followed by the block's size in bytes, skipped)."""
+    count, at = _read_long(data, at)
+    if count < 0:
+        _, at = _read_long(data, at)
+        count = -count
+    return count, at
 
 
-def _reader(cls: type[T]) -> Callable[[dict[str, Any]], T]:
-    hints = typing.get_type_hints(cls)
-    fields = [(f.name, _converter(hints[f.name])) for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+_LONG_READ = "c = b[p]\nif c < 0x80:\n    {t} = (c >> 1) ^ -(c & 1)\n    p += 1\nelse:\n    {t}, p = _read_long(b, p)"
+_SIZED_READ = (
+    _LONG_READ.replace("{t}", "n") + "\nif n < 0 or p + n > len(b):\n    raise ValueError('length beyond the end')\n"
+)
+_PRIMITIVE_READS = {
+    "long": _LONG_READ,
+    "int": _LONG_READ,
+    "string": _SIZED_READ + "{t} = b[p : p + n].decode()\np += n",
+    "bytes": _SIZED_READ + "{t} = b[p : p + n]\np += n",
+    "boolean": "{t} = b[p] != 0\np += 1",
+    "double": "({t},) = _unpack_double(b, p)\np += 8",
+    "float": "({t},) = _unpack_float(b, p)\np += 4",
+    "null": "{t} = None",
+}
 
-    def read(data: dict[str, Any]) -> T:
-        return cls(**{name: convert(data[name]) for name, convert in fields if name in data})
 
-    _READERS[cls] = read
-    return read
+class _Readers:
+    """Avro binary readers generated from one schema file and the dataclasses that its records map to.
 
+    Each record gets a function ``(bytes, position) -> (instance, position)`` that reads the fields in the
+    schema's order and builds the dataclass: no intermediate dict. The bytes were written with this very schema
+    (the single-object header names it), so no schema resolution is needed. Bad bytes raise ``IndexError``,
+    ``ValueError``, ``KeyError`` or ``struct.error``, which :meth:`Codec.reader` turns into :class:`CodecError`.
+    """
 
-def from_avro(cls: type[T], data: dict[str, Any]) -> T:
-    """The dataclass ``cls`` from the dict fastavro read (with ``return_record_name=True``)."""
-    read = _READERS.get(cls) or _reader(cls)
-    try:
-        return read(data)  # type: ignore[no-any-return]
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, CodecError):
-            raise
-        raise CodecError(f"record does not fit {cls.__name__}: {exc}") from exc
+    def __init__(self, named: dict[str, Any]) -> None:
+        self._named = named
+        self._made: dict[tuple[str, type], str] = {}
+        self._temps = 0
+        self.namespace: dict[str, Any] = {
+            "_read_long": _read_long,
+            "_read_block_size": _read_block_size,
+            "_unpack_double": struct.Struct("<d").unpack_from,
+            "_unpack_float": struct.Struct("<f").unpack_from,
+        }
+
+    def record(self, schema: dict[str, Any], cls: type) -> str:
+        """The name of the function reading record ``schema`` into a ``cls`` (made on first use)."""
+        made = self._made.get((schema["name"], cls))
+        if made is not None:
+            return made
+        name = f"_read_{cls.__name__}_{len(self._made)}"
+        self._made[(schema["name"], cls)] = name
+        hints = typing.get_type_hints(cls)
+        self.namespace[f"{name}_cls"] = cls
+        lines = [f"def {name}(b, p):"]
+        arguments = []
+        for field in schema["fields"]:
+            if field["name"] not in hints:
+                raise TypeError(f"{cls.__name__} has no field {field['name']!r} of Avro record {schema['name']}")
+            temp = self._temp()
+            lines += self._value(field["type"], hints[field["name"]], temp, "    ")
+            arguments.append(f"{field['name']}={temp}")
+        lines.append(f"    return {name}_cls({', '.join(arguments)}), p")
+        source = "\n".join(lines) + "\n"
+        # The source is made here from the schema's field names and types.
+        exec(compile(source, f"<avro reader of {schema['name']}>", "exec"), self.namespace)
+        return name
+
+    def _temp(self) -> str:
+        self._temps += 1
+        return f"x{self._temps}"
+
+    def _value(self, schema: Any, tp: Any, target: str, indent: str) -> list[str]:
+        """Lines that read a value of ``schema`` (Python type ``tp``) into variable ``target``."""
+        if isinstance(schema, str) and schema in self._named:
+            schema = self._named[schema]
+        if isinstance(schema, list):
+            return self._union(schema, tp, target, indent)
+        if isinstance(schema, dict):
+            kind = schema["type"]
+            if kind == "record":
+                return [f"{indent}{target}, p = {self.record(schema, tp)}(b, p)"]
+            if kind == "array":
+                return self._array(schema, tp, target, indent)
+            if isinstance(kind, str) and kind in _PRIMITIVE_READS:
+                return self._value(kind, tp, target, indent)
+            raise TypeError(f"no Avro reader for {kind!r}")
+        lines = [indent + line for line in _PRIMITIVE_READS[schema].format(t=target).split("\n")]
+        if isinstance(tp, type) and issubclass(tp, enum.Enum):
+            self.namespace[f"_enum_{tp.__name__}"] = tp
+            lines.append(f"{indent}{target} = _enum_{tp.__name__}({target})")
+        return lines
+
+    def _array(self, schema: dict[str, Any], tp: Any, target: str, indent: str) -> list[str]:
+        count, item = self._temp(), self._temp()
+        make = "tuple" if typing.get_origin(tp) is tuple else "list"
+        return [
+            f"{indent}{target} = []",
+            f"{indent}while True:",
+            f"{indent}    {count}, p = _read_block_size(b, p)",
+            f"{indent}    if not {count}:",
+            f"{indent}        break",
+            f"{indent}    for _ in range({count}):",
+            *self._value(schema["items"], typing.get_args(tp)[0], item, indent + "        "),
+            f"{indent}        {target}.append({item})",
+            f"{indent}{target} = {make}({target})",
+        ]
+
+    def _union(self, schema: list[Any], tp: Any, target: str, indent: str) -> list[str]:
+        branches = [self._named.get(b, b) if isinstance(b, str) else b for b in schema]
+        members = [m for m in (_union_args(tp) or (tp,)) if m is not type(None)]
+        by_name = {f"steady.{m.__name__}": m for m in members if isinstance(m, type) and dataclasses.is_dataclass(m)}
+        index = self._temp()
+        lines = [*self._value("long", int, index, indent)]
+        keyword = "if"
+        for i, branch in enumerate(branches):
+            if branch == "null":
+                body = [f"{indent}    {target} = None"]
+            elif isinstance(branch, dict) and branch.get("type") == "record":
+                if branch["name"] not in by_name:
+                    raise TypeError(f"no dataclass for union branch {branch['name']} of {tp}")
+                body = self._value(branch, by_name[branch["name"]], target, indent + "    ")
+            elif len(members) == 1:
+                body = self._value(branch, members[0], target, indent + "    ")
+            else:
+                raise TypeError(f"no reader for union branch {branch!r} of {tp}")
+            lines += [f"{indent}{keyword} {index} == {i}:", *body]
+            keyword = "elif"
+        lines += [f"{indent}else:", f"{indent}    raise ValueError(f'union branch {{{index}}} out of range')"]
+        return lines

@@ -10,7 +10,7 @@ from actors.errors import ErrorInfo
 from actors.events import Event
 from actors.model import RunState, Timer
 from actors.payload import Payload
-from schemas.codec import Codec, codec, from_avro
+from schemas.codec import Codec, codec
 
 T = TypeVar("T")
 
@@ -108,6 +108,7 @@ class RecordType:
         self.cls = cls
         self.codec: Codec = codec(schema)
         self._write = self.codec.writer(cls)
+        self._read = self.codec.reader(cls)
 
     @property
     def headers(self) -> list[tuple[str, bytes]]:
@@ -120,7 +121,7 @@ class RecordType:
 
     def decode(self, data: bytes) -> Any:
         """The record in ``data``; raises ``schemas.codec.CodecError`` when it does not fit."""
-        return from_avro(self.cls, self.codec.decode(data))
+        return self._read(data)
 
 
 COMMAND = RecordType(Command, "inbox")
