@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 
@@ -73,15 +73,3 @@ async def write(producer: AIOKafkaProducer, records: list[Record]) -> list[Place
 
 def _append(builder: Any, record: Record) -> bool:
     return builder.append(key=record.key, value=record.value, timestamp=None, headers=record.headers) is not None
-
-
-def add_partitions(producer: AIOKafkaProducer, partitions: set[TopicPartition]) -> None:
-    """Add ``partitions`` to the producer's open transaction now, before any record for them is written.
-
-    The producer sends ``AddPartitionsToTxn`` in the background; records written later to these partitions go
-    out without waiting for it. aiokafka adds partitions only as records arrive, and offers no call for this:
-    the transaction manager's own method is used.
-    """
-    manager = producer._txn_manager
-    for tp in partitions:
-        manager.maybe_add_partition_to_txn(tp)

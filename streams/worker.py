@@ -96,11 +96,6 @@ aiokafka.producer.sender.BACKOFF_OVERRIDE = TXN_RETRY_BACKOFF_MS / 1000
 fencing.install()
 
 
-def _retrieve(task: asyncio.Task[None]) -> None:
-    if not task.cancelled():
-        task.exception()
-
-
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
@@ -140,9 +135,6 @@ class Worker:
         """What is being applied now, for the next transaction."""
         self._committing: Pending | None = None
         """What the transaction in progress writes."""
-        self._begun: asyncio.Task[None] | None = None
-        """The open :class:`Pending`'s transaction, begun while it is still being filled (see :meth:`_begin`): the
-        offsets it held then, on their way to the group coordinator."""
         self._out_of_sync = False
         """A commit failed: nothing is applied until the owned partitions are reloaded (``_resync``)."""
         self._work = asyncio.Event()
@@ -306,9 +298,8 @@ class Worker:
                 async with asyncio.timeout(IDLE_COMMIT_S):
                     await self._work.wait()
             self._work.clear()
+            await self._linger()
             try:
-                await self._begin()
-                await self._linger()
                 await self._flush(force=False)
                 backoff = 0.0
             except ProducerFenced:
@@ -321,43 +312,6 @@ class Worker:
                 backoff = min(5.0, max(0.25, backoff * 2))
                 logger.warning("transaction not committed (%s); retrying in %.2fs", exc, backoff)
                 await asyncio.sleep(backoff)
-
-    async def _begin(self) -> None:
-        """Begin the open :class:`Pending`'s transaction while steps may still report into it.
-
-        The broker learns of the partitions it will write and of the offsets consumed so far now, so that the
-        commit, once the steps are done, waits for the records and the final offsets only (two round trips
-        instead of four: aiokafka sends a transaction's requests to the coordinator one after another).
-        """
-        async with self._lock:
-            pending = self._open
-            if self._begun is not None or self._out_of_sync or not pending.has_effects:
-                return
-            if self._producer is None:
-                self._producer = await self._transactional_producer()
-            try:
-                await self._producer.begin_transaction()
-                partitions = {TopicPartition(o.topic, o.partition) for o in pending.outputs}
-                for partition, _ in pending.states.values():
-                    partitions.add(TopicPartition(self.topics.state, partition))
-                    partitions.add(TopicPartition(self.topics.completions, partition))
-                batches.add_partitions(self._producer, partitions)
-                self._begun = asyncio.create_task(self._send_offsets(dict(pending.offsets)))
-            except BaseException:
-                await self._roll_back()
-                raise
-
-    async def _send_offsets(self, offsets: dict[TopicPartition, int]) -> None:
-        """Add ``offsets`` to the open transaction, named with this member's generation.
-
-        A commit after the group dropped this worker is then refused (see :mod:`streams.fencing`).
-        """
-        if not offsets:
-            return
-        assert self._consumer is not None
-        assert self._producer is not None
-        member = fencing.group_member(self._consumer, self.settings.group)
-        await fencing.send_offsets(self._producer, offsets, member)
 
     async def _linger(self) -> None:
         """Give steps started from the open transaction a moment to report into it.
@@ -409,7 +363,6 @@ class Worker:
         """
         async with self._withheld({tp.partition for tp in revoked}):  # their inputs are left to the next owner
             self._drop_open()
-            await self._abort_begun()
             self._forget(revoked)
         logger.info("revoked %s", sorted((tp.topic, tp.partition) for tp in revoked))
 
@@ -439,26 +392,6 @@ class Worker:
         self._room.set()
         self._cache.clear()  # committed states only, but some may have been read while a dropped one was applied
         self.actor.forget()  # kept coroutines saw the dropped states (they would not be used again anyway)
-
-    def _drop_begun(self) -> None:
-        """Forget the transaction begun for the open work (its producer's transaction is aborted by the caller)."""
-        begun, self._begun = self._begun, None
-        if begun is not None:
-            begun.add_done_callback(_retrieve)  # its failure, if any, is the transaction's, already handled
-
-    async def _abort_begun(self) -> None:
-        """Abort the transaction begun for open work that was dropped: nothing of it was written yet."""
-        if self._begun is None:
-            return
-        self._drop_begun()
-        assert self._producer is not None
-        try:
-            await self._producer.abort_transaction()
-        except Exception:
-            logger.warning("could not abort the transaction; the producer is replaced", exc_info=True)
-            with contextlib.suppress(Exception):
-                await self._producer.stop()
-            self._producer = None  # a new one (same transactional id) fences what is left of it
 
     def _unoffer(self, dropped: Pending) -> None:
         """The records applied when written in ``dropped`` are applied again when the consumer reads them."""
@@ -859,13 +792,13 @@ class Worker:
         records = [Record(o.topic, o.partition, o.key, o.value, o.headers) for o in pending.outputs]
         records += [Record(self.topics.state, p, key.encode(), value, STATE.headers) for key, p, value in encoded]
         producer = self._producer
-        begun, self._begun = self._begun, None
-        if begun is None:
-            await producer.begin_transaction()
+        await producer.begin_transaction()
         placed = await batches.write(producer, records)
-        if begun is not None:
-            await begun  # the early offsets reached the coordinator (or the transaction fails here)
-        await self._send_offsets(pending.offsets)
+        if pending.offsets:
+            # Named with this member's generation, so that a commit after the group dropped it is refused.
+            assert self._consumer is not None
+            member = fencing.group_member(self._consumer, self.settings.group)
+            await fencing.send_offsets(producer, pending.offsets, member)
         await producer.commit_transaction()
         self.transactions += 1
         # Committed: the local copy follows, with the changelog position it now reflects.
@@ -900,7 +833,6 @@ class Worker:
         decision and then died): the truth is on the changelog and in the group's offsets, once it settled.
         """
         self._drop_open()
-        self._drop_begun()
         if self._committing is not None:
             self._unoffer(self._committing)
         self._restored.clear()  # inputs are neither applied nor offered until the resync
