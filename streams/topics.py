@@ -131,14 +131,23 @@ async def read_topic(bootstrap: str, topic: str, *, timeout: float = 120.0) -> l
 class RunPartitioner:
     """The partition of a run key on every Steady topic: Kafka's default murmur2, over the topics' real count."""
 
+    KNOWN = 50_000
+    """Keys whose partition is remembered (a run's records are partitioned several times per step)."""
+
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
         self._all = list(range(partitions))
         self._murmur2 = DefaultPartitioner()
+        self._known: dict[bytes, int] = {}
 
     def __call__(self, key: bytes) -> int:
         """The partition of ``key``."""
-        return int(self._murmur2(key, self._all, self._all))
+        partition = self._known.get(key)
+        if partition is None:
+            if len(self._known) >= self.KNOWN:
+                self._known.clear()
+            partition = self._known[key] = int(self._murmur2(key, self._all, self._all))
+        return partition
 
     @classmethod
     async def of(cls, producer: AIOKafkaProducer, topics: Topics) -> RunPartitioner:
