@@ -30,7 +30,9 @@ class Settings(BaseModel):
     worker_id: str = Field(default_factory=socket.gethostname, description="stable per worker")
     step_concurrency: int = Field(64, ge=1, description="steps run at once")
     step_threads: int = Field(16, ge=1, description="threads for sync steps")
-    max_batch: int = Field(500, ge=1, description="inbox records per transaction at most")
+    max_batch: int = Field(
+        100, ge=1, description="inbox records per transaction at most (larger: fewer commits; smaller: less wait)"
+    )
     fetch_max_wait_ms: int = Field(
         100, ge=0, description="longest a fetch waits at the broker (latency against idle CPU)"
     )

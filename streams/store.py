@@ -28,14 +28,24 @@ def _state_key(partition: int, key: str) -> bytes:
     return _STATE + struct.pack(">I", partition) + key.encode()
 
 
+MEMTABLE_BYTES = 16 * 1024 * 1024
+"""RocksDB's in-memory write buffer per store (its default, 64 MB, would hold a burst of snapshots in memory)."""
+
+
+def rocksdb_options() -> Options:
+    """Options of the worker's local RocksDB stores: raw bytes, created if missing, small write buffers."""
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.set_write_buffer_size(MEMTABLE_BYTES)
+    return options
+
+
 class RunStore:
     """Run states by partition and ``tenant/workflow_id``, with the changelog position of each partition."""
 
     def __init__(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        self._db = Rdict(str(path), options)
+        self._db = Rdict(str(path), rocksdb_options())
 
     def get(self, partition: int, key: str) -> RunState | None:
         """The state of run ``key`` (on ``partition``), or ``None``."""

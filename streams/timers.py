@@ -25,16 +25,20 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import Rdict, WriteBatch
 
 from actors.commands import Command, FireTimer
 from schemas.codec import CodecError
 from streams.clock import Clock
 from streams.records import COMMAND, TIMER
 from streams.settings import Settings
+from streams.store import rocksdb_options
 from streams.topics import Topics, group_consumer
 
 logger = logging.getLogger(__name__)
+
+HAND_OVER_CHUNK = 25
+"""Firings handed to the worker between two chances for other tasks (a commit, the reader) to run."""
 
 _DUE = b"d"
 _INDEX = b"i"
@@ -50,9 +54,7 @@ class TimerStore:
 
     def __init__(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        self._db = Rdict(str(path), options)
+        self._db = Rdict(str(path), rocksdb_options())
 
     def apply(self, partition: int, records: list[tuple[str, int | None, bytes | None]], next_offset: int) -> None:
         """Put (key, due, value) or delete (key, None, None) timers, and move the partition's checkpoint."""
@@ -274,8 +276,10 @@ class TimerService:
         self.store.forget(partition, [key for key, _ in due])
         self.fired += len(due)
         if self._on_fired is not None:
-            for command, meta in zip(commands, written[: len(commands)], strict=True):
+            for n, (command, meta) in enumerate(zip(commands, written[: len(commands)], strict=True), 1):
                 self._on_fired(command, meta)
+                if n % HAND_OVER_CHUNK == 0:
+                    await asyncio.sleep(0)  # applying a firing runs its workflow: let commits and readers in between
 
     async def close(self) -> None:
         """Leave the group and close the store."""

@@ -71,8 +71,9 @@ logger = logging.getLogger(__name__)
 DEAD_LETTER_KEEP_BYTES = 512 * 1024
 """Original bytes kept in a dead letter at most (a record must still fit under the broker's size limit)."""
 
-APPLY_CHUNK = 100
-"""Inbox records applied at most between two chances for step outcomes and timer firings to be applied."""
+APPLY_CHUNK = 25
+"""Inbox records applied at most between two chances for other tasks to run (step outcomes and timer firings
+to be applied, a commit to go on): each record may run workflow code, so a larger chunk delays them all."""
 
 BATCH_BYTES = 256 * 1024
 """Record batches of the worker's transactions hold up to this many bytes (a larger record gets its own)."""
