@@ -132,6 +132,10 @@ def codec(name: str) -> Codec:
     return Codec(name)
 
 
+_DOUBLE = struct.Struct("<d")
+_FLOAT = struct.Struct("<f")
+
+
 def _write_long(out: bytearray, n: int) -> None:
     """Avro ``int``/``long``: zig-zag, then 7 bits per byte, low bits first."""
     n = (n << 1) ^ (n >> 63)
@@ -156,7 +160,40 @@ _PRIMITIVE_WRITES = {
 _PRIMITIVE_WRITES["int"] = _PRIMITIVE_WRITES["long"]
 
 
-class _Writers:
+class _Generated:
+    """What the generated writers and readers of one schema file share.
+
+    Its named types, the functions made so far (one per record and dataclass) and the namespace they live in.
+    """
+
+    def __init__(self, named: dict[str, Any], helpers: dict[str, Any]) -> None:
+        self._named = named
+        self._made: dict[tuple[str, type], str] = {}
+        self._temps = 0
+        self.namespace: dict[str, Any] = dict(helpers)
+
+    def _resolve(self, schema: Any) -> Any:
+        """A named type's definition; any other schema as it is."""
+        return self._named.get(schema, schema) if isinstance(schema, str) else schema
+
+    def _temp(self) -> str:
+        self._temps += 1
+        return f"x{self._temps}"
+
+    def _fields(self, schema: dict[str, Any], cls: type) -> list[tuple[str, Any, Any]]:
+        """(name, Avro type, Python type) of each field of record ``schema``, which ``cls`` must all have."""
+        hints = typing.get_type_hints(cls)
+        for field in schema["fields"]:
+            if field["name"] not in hints:
+                raise TypeError(f"{cls.__name__} has no field {field['name']!r} of Avro record {schema['name']}")
+        return [(f["name"], f["type"], hints[f["name"]]) for f in schema["fields"]]
+
+    def _define(self, lines: list[str], label: str) -> None:
+        # The source is made by this module from the schema's field names and types.
+        exec(compile("\n".join(lines) + "\n", f"<avro {label}>", "exec"), self.namespace)
+
+
+class _Writers(_Generated):
     """Avro binary writers generated from one schema file and the dataclasses that its records map to.
 
     Each record gets a function that appends the fields of a dataclass instance to a ``bytearray`` in the
@@ -165,14 +202,8 @@ class _Writers:
     """
 
     def __init__(self, named: dict[str, Any]) -> None:
-        self._named = named
-        self._made: dict[tuple[str, type], str] = {}
-        self._temps = 0
-        self.namespace: dict[str, Any] = {
-            "_write_long": _write_long,
-            "_pack_double": struct.Struct("<d").pack,
-            "_pack_float": struct.Struct("<f").pack,
-        }
+        helpers = {"_write_long": _write_long, "_pack_double": _DOUBLE.pack, "_pack_float": _FLOAT.pack}
+        super().__init__(named, helpers)
 
     def record(self, schema: dict[str, Any], cls: type) -> str:
         """The name of the function writing ``cls`` as record ``schema`` (made on first use)."""
@@ -181,22 +212,16 @@ class _Writers:
             return made
         name = f"_write_{cls.__name__}_{len(self._made)}"
         self._made[(schema["name"], cls)] = name  # before the fields: a record may contain itself
-        hints = typing.get_type_hints(cls)
         lines = [f"def {name}(v, out):"]
-        for field in schema["fields"]:
-            if field["name"] not in hints:
-                raise TypeError(f"{cls.__name__} has no field {field['name']!r} of Avro record {schema['name']}")
-            lines += self._value(field["type"], hints[field["name"]], f"v.{field['name']}", "    ")
+        for field, avro, tp in self._fields(schema, cls):
+            lines += self._value(avro, tp, f"v.{field}", "    ")
         if len(lines) == 1:
             lines.append("    pass")
-        source = "\n".join(lines) + "\n"
-        # The source is made here from the schema's field names and types.
-        exec(compile(source, f"<avro writer of {schema['name']}>", "exec"), self.namespace)
+        self._define(lines, f"writer of {schema['name']}")
         return name
 
     def _value(self, schema: Any, tp: Any, value: str, indent: str) -> list[str]:
-        if isinstance(schema, str) and schema in self._named:
-            schema = self._named[schema]
+        schema = self._resolve(schema)
         if isinstance(schema, list):
             return self._union(schema, tp, value, indent)
         if isinstance(schema, dict):
@@ -215,10 +240,6 @@ class _Writers:
         code = _PRIMITIVE_WRITES[schema].format(v=value, t=self._temp())
         return [indent + line for line in code.split("\n")]
 
-    def _temp(self) -> str:
-        self._temps += 1
-        return f"x{self._temps}"
-
     def _array(self, schema: dict[str, Any], tp: Any, value: str, indent: str) -> list[str]:
         items, item = self._temp(), self._temp()
         return [
@@ -233,7 +254,7 @@ class _Writers:
     def _union(self, schema: list[Any], tp: Any, value: str, indent: str) -> list[str]:
         if len(schema) >= 64:
             raise TypeError("unions of 64 branches or more are not supported")
-        branches = [self._named.get(b, b) if isinstance(b, str) else b for b in schema]
+        branches = [self._resolve(b) for b in schema]
         members = [m for m in (_union_args(tp) or (tp,)) if m is not type(None)]
         temp = self._temp()
         lines = [f"{indent}{temp} = {value}"]
@@ -313,7 +334,7 @@ _PRIMITIVE_READS = {
 }
 
 
-class _Readers:
+class _Readers(_Generated):
     """Avro binary readers generated from one schema file and the dataclasses that its records map to.
 
     Each record gets a function ``(bytes, position) -> (instance, position)`` that reads the fields in the
@@ -323,15 +344,13 @@ class _Readers:
     """
 
     def __init__(self, named: dict[str, Any]) -> None:
-        self._named = named
-        self._made: dict[tuple[str, type], str] = {}
-        self._temps = 0
-        self.namespace: dict[str, Any] = {
+        helpers = {
             "_read_long": _read_long,
             "_read_block_size": _read_block_size,
-            "_unpack_double": struct.Struct("<d").unpack_from,
-            "_unpack_float": struct.Struct("<f").unpack_from,
+            "_unpack_double": _DOUBLE.unpack_from,
+            "_unpack_float": _FLOAT.unpack_from,
         }
+        super().__init__(named, helpers)
 
     def record(self, schema: dict[str, Any], cls: type) -> str:
         """The name of the function reading record ``schema`` into a ``cls`` (made on first use)."""
@@ -340,30 +359,20 @@ class _Readers:
             return made
         name = f"_read_{cls.__name__}_{len(self._made)}"
         self._made[(schema["name"], cls)] = name
-        hints = typing.get_type_hints(cls)
         self.namespace[f"{name}_cls"] = cls
         lines = [f"def {name}(b, p):"]
         arguments = []
-        for field in schema["fields"]:
-            if field["name"] not in hints:
-                raise TypeError(f"{cls.__name__} has no field {field['name']!r} of Avro record {schema['name']}")
+        for field, avro, tp in self._fields(schema, cls):
             temp = self._temp()
-            lines += self._value(field["type"], hints[field["name"]], temp, "    ")
-            arguments.append(f"{field['name']}={temp}")
+            lines += self._value(avro, tp, temp, "    ")
+            arguments.append(f"{field}={temp}")
         lines.append(f"    return {name}_cls({', '.join(arguments)}), p")
-        source = "\n".join(lines) + "\n"
-        # The source is made here from the schema's field names and types.
-        exec(compile(source, f"<avro reader of {schema['name']}>", "exec"), self.namespace)
+        self._define(lines, f"reader of {schema['name']}")
         return name
-
-    def _temp(self) -> str:
-        self._temps += 1
-        return f"x{self._temps}"
 
     def _value(self, schema: Any, tp: Any, target: str, indent: str) -> list[str]:
         """Lines that read a value of ``schema`` (Python type ``tp``) into variable ``target``."""
-        if isinstance(schema, str) and schema in self._named:
-            schema = self._named[schema]
+        schema = self._resolve(schema)
         if isinstance(schema, list):
             return self._union(schema, tp, target, indent)
         if isinstance(schema, dict):
@@ -397,7 +406,7 @@ class _Readers:
         ]
 
     def _union(self, schema: list[Any], tp: Any, target: str, indent: str) -> list[str]:
-        branches = [self._named.get(b, b) if isinstance(b, str) else b for b in schema]
+        branches = [self._resolve(b) for b in schema]
         members = [m for m in (_union_args(tp) or (tp,)) if m is not type(None)]
         by_name = {f"steady.{m.__name__}": m for m in members if isinstance(m, type) and dataclasses.is_dataclass(m)}
         index = self._temp()
