@@ -13,6 +13,7 @@ dicts); :meth:`Codec.decode` reads any record of the schema with fastavro, into 
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import enum
 import io
@@ -22,7 +23,7 @@ import typing
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, ClassVar, TypeVar, Union
 
 import fastavro
 from fastavro.schema import load_schema, to_parsing_canonical_form
@@ -160,7 +161,7 @@ _PRIMITIVE_WRITES = {
 _PRIMITIVE_WRITES["int"] = _PRIMITIVE_WRITES["long"]
 
 
-class _Generated:
+class _Generated(abc.ABC):
     """What the generated writers and readers of one schema file share.
 
     Its named types, the functions made so far (one per record and dataclass) and the namespace they live in.
@@ -192,6 +193,58 @@ class _Generated:
         # The source is made by this module from the schema's field names and types.
         exec(compile("\n".join(lines) + "\n", f"<avro {label}>", "exec"), self.namespace)
 
+    KIND: ClassVar[str] = ""
+    """``write`` or ``read``: names the generated functions."""
+    PRIMITIVES: ClassVar[dict[str, str]] = {}
+    """Source templates per Avro primitive type."""
+
+    def record(self, schema: dict[str, Any], cls: type) -> str:
+        """The name of the function for ``cls`` as record ``schema`` (made on first use)."""
+        made = self._made.get((schema["name"], cls))
+        if made is None:
+            made = self._made[(schema["name"], cls)] = f"_{self.KIND}_{cls.__name__}_{len(self._made)}"
+            # Named before its fields are made: a record may contain itself.
+            self._define(self._record_lines(made, schema, cls), f"{self.KIND}r of {schema['name']}")
+        return made
+
+    def _value(self, schema: Any, tp: Any, value: str, indent: str) -> list[str]:
+        """Lines for a value of ``schema`` (Python type ``tp``) in variable or expression ``value``."""
+        schema = self._resolve(schema)
+        if isinstance(schema, list):
+            return self._union(schema, tp, value, indent)
+        if isinstance(schema, dict):
+            kind = schema["type"]
+            if kind == "record":
+                return [indent + self._record_call(self.record(schema, tp), value)]
+            if kind == "array":
+                return self._array(schema, typing.get_args(tp)[0], value, indent, tuple_=typing.get_origin(tp) is tuple)
+            if isinstance(kind, str) and kind in self.PRIMITIVES:
+                return self._value(kind, tp, value, indent)  # a primitive with attributes (e.g. a logical type)
+            raise TypeError(f"no Avro {self.KIND}r for {kind!r}")
+        return self._primitive(schema, tp, value, indent)
+
+    def _branches(self, schema: list[Any], tp: Any) -> tuple[list[Any], list[Any], dict[str, type]]:
+        """A union's branches (named types resolved), the Python type's members and its dataclasses by record name."""
+        branches = [self._resolve(b) for b in schema]
+        members = [m for m in (_union_args(tp) or (tp,)) if m is not type(None)]
+        by_name = {f"steady.{m.__name__}": m for m in members if isinstance(m, type) and dataclasses.is_dataclass(m)}
+        return branches, members, by_name
+
+    @abc.abstractmethod
+    def _record_lines(self, name: str, schema: dict[str, Any], cls: type) -> list[str]: ...
+
+    @abc.abstractmethod
+    def _record_call(self, name: str, value: str) -> str: ...
+
+    @abc.abstractmethod
+    def _primitive(self, schema: str, tp: Any, value: str, indent: str) -> list[str]: ...
+
+    @abc.abstractmethod
+    def _array(self, schema: dict[str, Any], item: Any, value: str, indent: str, *, tuple_: bool) -> list[str]: ...
+
+    @abc.abstractmethod
+    def _union(self, schema: list[Any], tp: Any, value: str, indent: str) -> list[str]: ...
+
 
 class _Writers(_Generated):
     """Avro binary writers generated from one schema file and the dataclasses that its records map to.
@@ -205,34 +258,19 @@ class _Writers(_Generated):
         helpers = {"_write_long": _write_long, "_pack_double": _DOUBLE.pack, "_pack_float": _FLOAT.pack}
         super().__init__(named, helpers)
 
-    def record(self, schema: dict[str, Any], cls: type) -> str:
-        """The name of the function writing ``cls`` as record ``schema`` (made on first use)."""
-        made = self._made.get((schema["name"], cls))
-        if made is not None:
-            return made
-        name = f"_write_{cls.__name__}_{len(self._made)}"
-        self._made[(schema["name"], cls)] = name  # before the fields: a record may contain itself
+    KIND = "write"
+    PRIMITIVES = _PRIMITIVE_WRITES
+
+    def _record_lines(self, name: str, schema: dict[str, Any], cls: type) -> list[str]:
         lines = [f"def {name}(v, out):"]
         for field, avro, tp in self._fields(schema, cls):
             lines += self._value(avro, tp, f"v.{field}", "    ")
-        if len(lines) == 1:
-            lines.append("    pass")
-        self._define(lines, f"writer of {schema['name']}")
-        return name
+        return lines if len(lines) > 1 else [*lines, "    pass"]
 
-    def _value(self, schema: Any, tp: Any, value: str, indent: str) -> list[str]:
-        schema = self._resolve(schema)
-        if isinstance(schema, list):
-            return self._union(schema, tp, value, indent)
-        if isinstance(schema, dict):
-            kind = schema["type"]
-            if kind == "record":
-                return [f"{indent}{self.record(schema, tp)}({value}, out)"]
-            if kind == "array":
-                return self._array(schema, tp, value, indent)
-            if isinstance(kind, str) and kind in _PRIMITIVE_WRITES:
-                return self._value(kind, tp, value, indent)  # a primitive with attributes (e.g. a logical type)
-            raise TypeError(f"no Avro writer for {kind!r}")
+    def _record_call(self, name: str, value: str) -> str:
+        return f"{name}({value}, out)"
+
+    def _primitive(self, schema: str, tp: Any, value: str, indent: str) -> list[str]:
         if schema == "null":
             return []
         if isinstance(tp, type) and issubclass(tp, enum.Enum):
@@ -240,22 +278,21 @@ class _Writers(_Generated):
         code = _PRIMITIVE_WRITES[schema].format(v=value, t=self._temp())
         return [indent + line for line in code.split("\n")]
 
-    def _array(self, schema: dict[str, Any], tp: Any, value: str, indent: str) -> list[str]:
-        items, item = self._temp(), self._temp()
+    def _array(self, schema: dict[str, Any], item: Any, value: str, indent: str, *, tuple_: bool) -> list[str]:
+        items, each = self._temp(), self._temp()
         return [
             f"{indent}{items} = {value}",
             f"{indent}if {items}:",
             f"{indent}    _write_long(out, len({items}))",
-            f"{indent}    for {item} in {items}:",
-            *self._value(schema["items"], typing.get_args(tp)[0], item, indent + "        "),
+            f"{indent}    for {each} in {items}:",
+            *self._value(schema["items"], item, each, indent + "        "),
             f"{indent}out.append(0)",
         ]
 
     def _union(self, schema: list[Any], tp: Any, value: str, indent: str) -> list[str]:
         if len(schema) >= 64:
             raise TypeError("unions of 64 branches or more are not supported")
-        branches = [self._resolve(b) for b in schema]
-        members = [m for m in (_union_args(tp) or (tp,)) if m is not type(None)]
+        branches, members, by_name = self._branches(schema, tp)
         temp = self._temp()
         lines = [f"{indent}{temp} = {value}"]
         inner = indent
@@ -271,7 +308,6 @@ class _Writers(_Generated):
             index, branch = others[0]
             return [*lines, f"{inner}out.append({2 * index})", *self._value(branch, members[0], temp, inner)]
         # Several records: the value's class names its branch.
-        by_name = {f"steady.{m.__name__}": m for m in members if isinstance(m, type) and dataclasses.is_dataclass(m)}
         table: dict[type, tuple[int, Callable[..., None]]] = {}
         for index, branch in others:
             if not isinstance(branch, dict) or branch.get("type") != "record" or branch["name"] not in by_name:
@@ -352,13 +388,10 @@ class _Readers(_Generated):
         }
         super().__init__(named, helpers)
 
-    def record(self, schema: dict[str, Any], cls: type) -> str:
-        """The name of the function reading record ``schema`` into a ``cls`` (made on first use)."""
-        made = self._made.get((schema["name"], cls))
-        if made is not None:
-            return made
-        name = f"_read_{cls.__name__}_{len(self._made)}"
-        self._made[(schema["name"], cls)] = name
+    KIND = "read"
+    PRIMITIVES = _PRIMITIVE_READS
+
+    def _record_lines(self, name: str, schema: dict[str, Any], cls: type) -> list[str]:
         self.namespace[f"{name}_cls"] = cls
         lines = [f"def {name}(b, p):"]
         arguments = []
@@ -366,61 +399,46 @@ class _Readers(_Generated):
             temp = self._temp()
             lines += self._value(avro, tp, temp, "    ")
             arguments.append(f"{field}={temp}")
-        lines.append(f"    return {name}_cls({', '.join(arguments)}), p")
-        self._define(lines, f"reader of {schema['name']}")
-        return name
+        return [*lines, f"    return {name}_cls({', '.join(arguments)}), p"]
 
-    def _value(self, schema: Any, tp: Any, target: str, indent: str) -> list[str]:
-        """Lines that read a value of ``schema`` (Python type ``tp``) into variable ``target``."""
-        schema = self._resolve(schema)
-        if isinstance(schema, list):
-            return self._union(schema, tp, target, indent)
-        if isinstance(schema, dict):
-            kind = schema["type"]
-            if kind == "record":
-                return [f"{indent}{target}, p = {self.record(schema, tp)}(b, p)"]
-            if kind == "array":
-                return self._array(schema, tp, target, indent)
-            if isinstance(kind, str) and kind in _PRIMITIVE_READS:
-                return self._value(kind, tp, target, indent)
-            raise TypeError(f"no Avro reader for {kind!r}")
-        lines = [indent + line for line in _PRIMITIVE_READS[schema].format(t=target).split("\n")]
+    def _record_call(self, name: str, value: str) -> str:
+        return f"{value}, p = {name}(b, p)"
+
+    def _primitive(self, schema: str, tp: Any, value: str, indent: str) -> list[str]:
+        lines = [indent + line for line in _PRIMITIVE_READS[schema].format(t=value).split("\n")]
         if isinstance(tp, type) and issubclass(tp, enum.Enum):
             self.namespace[f"_enum_{tp.__name__}"] = tp
-            lines.append(f"{indent}{target} = _enum_{tp.__name__}({target})")
+            lines.append(f"{indent}{value} = _enum_{tp.__name__}({value})")
         return lines
 
-    def _array(self, schema: dict[str, Any], tp: Any, target: str, indent: str) -> list[str]:
-        count, item = self._temp(), self._temp()
-        make = "tuple" if typing.get_origin(tp) is tuple else "list"
+    def _array(self, schema: dict[str, Any], item: Any, value: str, indent: str, *, tuple_: bool) -> list[str]:
+        count, each = self._temp(), self._temp()
         return [
-            f"{indent}{target} = []",
+            f"{indent}{value} = []",
             f"{indent}while True:",
             f"{indent}    {count}, p = _read_block_size(b, p)",
             f"{indent}    if not {count}:",
             f"{indent}        break",
             f"{indent}    for _ in range({count}):",
-            *self._value(schema["items"], typing.get_args(tp)[0], item, indent + "        "),
-            f"{indent}        {target}.append({item})",
-            f"{indent}{target} = {make}({target})",
+            *self._value(schema["items"], item, each, indent + "        "),
+            f"{indent}        {value}.append({each})",
+            f"{indent}{value} = {'tuple' if tuple_ else 'list'}({value})",
         ]
 
-    def _union(self, schema: list[Any], tp: Any, target: str, indent: str) -> list[str]:
-        branches = [self._resolve(b) for b in schema]
-        members = [m for m in (_union_args(tp) or (tp,)) if m is not type(None)]
-        by_name = {f"steady.{m.__name__}": m for m in members if isinstance(m, type) and dataclasses.is_dataclass(m)}
+    def _union(self, schema: list[Any], tp: Any, value: str, indent: str) -> list[str]:
+        branches, members, by_name = self._branches(schema, tp)
         index = self._temp()
         lines = [*self._value("long", int, index, indent)]
         keyword = "if"
         for i, branch in enumerate(branches):
             if branch == "null":
-                body = [f"{indent}    {target} = None"]
+                body = [f"{indent}    {value} = None"]
             elif isinstance(branch, dict) and branch.get("type") == "record":
                 if branch["name"] not in by_name:
                     raise TypeError(f"no dataclass for union branch {branch['name']} of {tp}")
-                body = self._value(branch, by_name[branch["name"]], target, indent + "    ")
+                body = self._value(branch, by_name[branch["name"]], value, indent + "    ")
             elif len(members) == 1:
-                body = self._value(branch, members[0], target, indent + "    ")
+                body = self._value(branch, members[0], value, indent + "    ")
             else:
                 raise TypeError(f"no reader for union branch {branch!r} of {tp}")
             lines += [f"{indent}{keyword} {index} == {i}:", *body]
