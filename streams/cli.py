@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from actors import Registry, RunFailed
+from streams import loop as event_loop
 from streams.broker import KAFKA_VERSION, BrokerConfig, BrokerError, LocalBroker, ensure_jars
 from streams.check import check
 from streams.client import Client
@@ -112,7 +113,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args, worker_id=args.worker_id, state_dir=args.state_dir)
     names = ", ".join(f"{w.name} v{w.version}" for w in registry)
     print(f"worker {settings.worker_id} serving {names} on {settings.bootstrap}", flush=True)
-    asyncio.run(_serve(Worker(registry, settings)))
+    event_loop.run(_serve(Worker(registry, settings)))
     return 0
 
 
@@ -266,7 +267,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     bootstrap = external or (broker.bootstrap if broker else "")
     settings = Settings.from_env(bootstrap=bootstrap, prefix=args.prefix, worker_id="dev")
     try:
-        asyncio.run(_demo(bootstrap, settings, args.runs, serve=not args.once))
+        event_loop.run(_demo(bootstrap, settings, args.runs, serve=not args.once))
     finally:
         if broker is not None:
             broker.stop()
