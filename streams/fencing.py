@@ -21,6 +21,7 @@ from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
+    ConcurrentTransactions,
     IllegalGenerationError,
     RebalanceInProgressError,
     UnknownMemberIdError,
@@ -31,6 +32,8 @@ from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.transaction import TxnOffsetCommitRequest_v0
 from aiokafka.protocol.types import CompactArray, CompactString, Int16, Int32, Int64, Schema, TaggedFields
 from aiokafka.structs import OffsetAndMetadata
+
+from streams import txn_v2
 
 FENCED = (IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError)
 """The broker's answers to a commit from a member the group no longer knows in that generation."""
@@ -127,6 +130,20 @@ class _TxnOffsetCommitRequest_v3(RequestStruct):  # type: ignore[misc]
     )
 
 
+class _TxnOffsetCommitResponse_v5(_TxnOffsetCommitResponse_v3):
+    API_VERSION = 5
+
+
+class _TxnOffsetCommitRequest_v5(_TxnOffsetCommitRequest_v3):
+    """v3's fields; the version tells the group coordinator to add its partition to the transaction itself.
+
+    Sent by producers speaking the second transaction protocol (:mod:`streams.txn_v2`).
+    """
+
+    API_VERSION = 5
+    RESPONSE_TYPE = _TxnOffsetCommitResponse_v5
+
+
 _Struct: TypeAlias = TxnOffsetCommitRequest_v0 | _TxnOffsetCommitRequest_v3
 
 
@@ -156,7 +173,14 @@ class _TxnOffsetCommitRequest(Request[_Struct]):  # type: ignore[misc]
             (topic, [(partition, offset, -1, metadata, {}) for partition, offset, metadata in partitions], {})
             for topic, partitions in self._topics.items()
         ]
-        return _TxnOffsetCommitRequest_v3(*head, m.generation_id, m.member_id, m.group_instance_id, topics, {})
+        return request_struct_class(*head, m.generation_id, m.member_id, m.group_instance_id, topics, {})
+
+
+class _TxnOffsetCommitRequestV2(_TxnOffsetCommitRequest):
+    """The offset commit of a producer speaking the second transaction protocol (v5 only)."""
+
+
+_TxnOffsetCommitRequestV2._CLASSES = (_TxnOffsetCommitRequest_v5,)
 
 
 class _FencedTxnOffsetCommitHandler(sender.TxnOffsetCommitHandler):  # type: ignore[misc]
@@ -170,15 +194,16 @@ class _FencedTxnOffsetCommitHandler(sender.TxnOffsetCommitHandler):  # type: ign
         offset: OffsetAndMetadata
         for tp, offset in sorted(self._offsets.items()):
             topics[tp.topic].append((tp.partition, offset.offset, offset.metadata))
-        return _TxnOffsetCommitRequest(
-            txn.transactional_id, self._group_id, txn.producer_id, txn.producer_epoch, topics
-        )
+        request = _TxnOffsetCommitRequestV2 if isinstance(txn, txn_v2.V2TransactionManager) else _TxnOffsetCommitRequest
+        return request(txn.transactional_id, self._group_id, txn.producer_id, txn.producer_epoch, topics)
 
     def handle_response(self, resp: Any) -> Any:
         if isinstance(resp, _TxnOffsetCommitResponse_v3):
             errors = [(topic, [(p, code) for p, code, _ in partitions]) for topic, partitions, _ in resp.topics]
         else:
             errors = resp.errors
+        if any(code == ConcurrentTransactions.errno for _, partitions in errors for _, code in partitions):
+            return self._default_backoff  # the coordinator still writes the transaction's previous step: again
         for _, partitions in errors:
             for _, code in partitions:
                 for fenced in FENCED:

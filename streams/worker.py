@@ -41,7 +41,7 @@ from actors.frozen import replace
 from actors.model import EntryKind, EntryState, RunState, RunStatus
 from actors.workflow import Registry
 from schemas.codec import CodecError
-from streams import batches, fencing
+from streams import batches, fencing, txn_v2
 from streams.batches import Record
 from streams.clock import Clock, WallClock
 from streams.executor import StepExecutor
@@ -95,6 +95,7 @@ Workers commit back to back whenever step outcomes keep arriving, so this wait i
 
 aiokafka.producer.sender.BACKOFF_OVERRIDE = TXN_RETRY_BACKOFF_MS / 1000
 fencing.install()
+txn_v2.install()
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -162,6 +163,8 @@ class Worker:
         self._last_commit = time.monotonic()
         self.applied = 0
         self.transactions = 0
+        self.transaction_protocol = 0
+        """Kafka's transaction protocol the worker commits with: 2 (KIP-890) where the cluster has it, else 1."""
         self._failure: BaseException | None = None
 
     # -- life cycle ----------------------------------------------------------------------------------------
@@ -193,7 +196,13 @@ class Worker:
         await self._consumer.start()
         await self.timers.start()
         self._consumer.subscribe([self.topics.inbox, self.topics.tasks], listener=_Rebalance(self))
-        logger.info("worker %s joined group %s on %s", s.worker_id, s.group, s.bootstrap)
+        logger.info(
+            "worker %s joined group %s on %s (transactions v%d)",
+            s.worker_id,
+            s.group,
+            s.bootstrap,
+            self.transaction_protocol,
+        )
 
     async def _transactional_producer(self) -> AIOKafkaProducer:
         """A producer with the worker's stable transactional id; starting it fences any earlier incarnation."""
@@ -209,6 +218,7 @@ class Worker:
         )
         try:
             await producer.start()
+            self.transaction_protocol = 2 if await txn_v2.enable(producer) else 1
         except BaseException:
             with contextlib.suppress(Exception):
                 await producer.stop()
@@ -800,6 +810,8 @@ class Worker:
             assert self._consumer is not None
             member = fencing.group_member(self._consumer, self.settings.group)
             await fencing.send_offsets(producer, pending.offsets, member)
+        # aiokafka ends a transaction even when one of its batches failed: it must hold all of them, or none.
+        await asyncio.gather(*{id(p.batch): p.batch for p in placed}.values())
         await producer.commit_transaction()
         self.transactions += 1
         # Committed: the local copy follows, with the changelog position it now reflects.

@@ -1,4 +1,7 @@
-"""A transaction whose offsets come from a member the group has dropped is refused, and the producer goes on."""
+"""A transaction whose offsets come from a member the group has dropped is refused, and the producer goes on.
+
+With either of Kafka's transaction protocols (:mod:`streams.txn_v2`).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import UnknownMemberIdError
 
-from streams import fencing
+from streams import fencing, txn_v2
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -35,10 +38,12 @@ async def _settled(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) 
     await eventually(committed, timeout=15, interval=0.1)
 
 
+@pytest.mark.parametrize("protocol", [1, 2])
 async def test_a_dropped_members_transaction_is_refused_and_the_producer_stays_usable(
-    kafka_bootstrap: str, topic_prefix: str
+    kafka_bootstrap: str, topic_prefix: str, protocol: int
 ) -> None:
     fencing.install()
+    txn_v2.install()
     topic, group = f"{topic_prefix}in", f"{topic_prefix}group"
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
@@ -50,6 +55,8 @@ async def test_a_dropped_members_transaction_is_refused_and_the_producer_stays_u
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{topic_prefix}txn")
     await producer.start()
     try:
+        if protocol == 2:
+            assert await txn_v2.enable(producer)  # Kafka 4 formats new clusters with transactions v2
         old = await _joined(kafka_bootstrap, topic, group)
         member = fencing.group_member(old, group)
         assert member.generation_id > 0

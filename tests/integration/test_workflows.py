@@ -16,11 +16,12 @@ from actors.events import (
     WorkflowStarted,
 )
 from actors.model import RunStatus
+from streams import txn_v2
 from streams.client import Client
 from streams.settings import Settings
 from streams.worker import Worker
-from tests.support import completions, histories
-from tests.workflows import Greeting, chain, failures
+from tests.support import completions, histories, running_worker
+from tests.workflows import Greeting, app, chain, failures
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +60,25 @@ async def test_two_hundred_concurrent_runs_all_complete(worker: Worker, client: 
     results = await asyncio.gather(*(h.result(timeout=120) for h in handles))
 
     assert [f"HELLO N{i}" for i in range(200)] == [r["text"] for r in results]
+
+
+async def test_a_worker_commits_with_the_first_transaction_protocol_where_the_cluster_lacks_the_second(
+    settings: Settings, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def lacks_it(producer: object) -> bool:
+        return False
+
+    monkeypatch.setattr(txn_v2, "supported", lacks_it)
+    async with running_worker(app, settings) as worker:
+        handles = await asyncio.gather(*(client.start(chain, Greeting(name=f"v{i}"), id=f"v1-{i}") for i in range(50)))
+        results = await asyncio.gather(*(h.result(timeout=120) for h in handles))
+
+    assert 1 == worker.transaction_protocol
+    assert [f"HELLO V{i}" for i in range(50)] == [r["text"] for r in results]
+
+
+async def test_the_test_broker_gives_workers_the_second_transaction_protocol(worker: Worker) -> None:
+    assert 2 == worker.transaction_protocol
 
 
 async def test_starting_the_same_id_twice_makes_one_run(worker: Worker, client: Client, settings: Settings) -> None:
