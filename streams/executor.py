@@ -5,6 +5,10 @@ only run while it is still the current attempt of a scheduled step (``is_current
 was recorded is never executed again, even when its task is read a second time after a crash, and an
 attempt already running here is not started a second time. Once an outcome is in the inbox, ``on_reported``
 hears of it (the worker applies it at once when it can).
+
+The worker that scheduled a step may take its outcome before it is written (``take``): then its transaction
+records it, and the outcome is reported to the inbox only if the run's next steps wait for that
+(``on_early_reported``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from aiokafka.structs import RecordMetadata
 from actors.commands import Command, CompleteStep, FailStep
 from actors.context import StepInfo
 from streams.clock import Clock
+from streams.pending import EarlyOutcome
 from streams.records import COMMAND, StepTask
 from streams.steps import StepError, run_step
 
@@ -42,6 +47,8 @@ class StepExecutor:
         threads: int,
         is_current: Callable[[StepTask], bool],
         on_reported: Callable[[Command, RecordMetadata], None] | None = None,
+        take: Callable[[StepTask, Command], EarlyOutcome | None] | None = None,
+        on_early_reported: Callable[[EarlyOutcome, RecordMetadata], None] | None = None,
         clock: Clock,
     ) -> None:
         self._producer = producer
@@ -50,6 +57,8 @@ class StepExecutor:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="steady-step")
         self._is_current = is_current
         self._on_reported = on_reported
+        self._take = take
+        self._on_early_reported = on_early_reported
         self._clock = clock
         self._running: dict[tuple[str, int, int], asyncio.Task[None]] = {}
         self.executed = 0
@@ -72,6 +81,7 @@ class StepExecutor:
         job.add_done_callback(lambda _: self._running.pop(attempt, None))
 
     async def _run(self, task: StepTask, done: Callable[[], None]) -> None:
+        release: Callable[[], None] | None = done
         try:
             async with self._slots:
                 if not self._is_current(task):
@@ -83,10 +93,20 @@ class StepExecutor:
                     )
                     return
                 command = await self._attempt(task)
-            if command is not None:
-                await self._report(task, command)
+            if command is None:
+                return
+            early = self._take(task, command) if self._take is not None else None
+            if early is None:
+                await self._report(task, command, self._on_reported)
+            elif early.steps:
+                assert self._on_early_reported is not None
+                on_early_reported = self._on_early_reported
+                await self._report(task, command, lambda c, meta: on_early_reported(early, meta))
+            else:
+                early.release, release = done, None  # done once the transaction that records it commits
         finally:
-            done()
+            if release is not None:
+                release()
 
     async def _attempt(self, task: StepTask) -> Command | None:
         started = self._clock.now_ms()
@@ -117,7 +137,9 @@ class StepExecutor:
             body=body,
         )
 
-    async def _report(self, task: StepTask, command: Command) -> None:
+    async def _report(
+        self, task: StepTask, command: Command, then: Callable[[Command, RecordMetadata], None] | None
+    ) -> None:
         """Send the outcome to the inbox, retrying while the broker is away: a lost report would hang the run."""
         backoff = 0.1
         while True:
@@ -130,8 +152,8 @@ class StepExecutor:
                 await asyncio.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
                 continue
-            if self._on_reported is not None:
-                self._on_reported(command, meta)
+            if then is not None:
+                then(command, meta)
             return
 
     async def stop(self) -> None:

@@ -8,10 +8,12 @@ changelog and reads its inputs again from the inbox, where they all are.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
 
+from actors.commands import Command
 from actors.model import RunState
 from streams.records import StepTask
 
@@ -42,8 +44,10 @@ class LocalStep:
     partition: TopicPartition | None = None
     offset: int | None = None
     """Where the task record landed, once its transaction committed."""
+    started: bool = False
+    """Handed to the executor (a step waiting for a commit or a report is not, yet)."""
     finished: bool = False
-    """The outcome is in the inbox (or the attempt was skipped)."""
+    """The outcome is applied or in the inbox (or the attempt was skipped)."""
 
 
 @dataclass(slots=True)
@@ -58,6 +62,32 @@ class TaskOffsets:
         """The offset to commit now, if it moved: never past a record not read yet nor a step still running."""
         nxt = min(self.fetched, *self.running) if self.running else self.fetched
         return nxt if nxt > self.committed else None
+
+
+@dataclass(slots=True, eq=False)
+class EarlyOutcome:
+    """A local step's outcome, applied before it was written anywhere.
+
+    The transaction that commits what it was applied in records it. When its run scheduled no step from it, no
+    inbox record is needed at all. When it did, those steps (:attr:`steps`) must not run on an outcome a crash
+    could lose: the outcome's report is written to the inbox, and they start once it is there, in the inbox's
+    order (else with the commit, like steps held for any other reason).
+    """
+
+    task: StepTask
+    command: Command
+    pending: Pending
+    """What it was applied in."""
+    release: Callable[[], None] | None = None
+    """Frees the task's attempt (its place in the tasks topic) once the outcome is durable; the executor's."""
+    steps: list[LocalStep] = field(default_factory=list)
+    """Steps its run scheduled from it, waiting for it to be durable."""
+    overtaken: bool = False
+    """Another input of its run was applied after it and before its report was in the inbox."""
+    settled: bool = False
+    """Its steps were started or handed to a commit."""
+    dropped: bool = False
+    """What it was applied in was dropped: its report, if any, is an ordinary input again."""
 
 
 @dataclass(slots=True)
@@ -81,8 +111,12 @@ class Pending:
     """Steps to start once this transaction commits."""
     started: list[LocalStep] = field(default_factory=list)
     """Steps started before this transaction commits (their outcomes may still join it)."""
+    early: list[EarlyOutcome] = field(default_factory=list)
+    """Local step outcomes applied before they were written (see :class:`EarlyOutcome`)."""
     inputs: int = 0
     """Inbox records applied (the worker reads no more while too many wait for a transaction)."""
+    committed: bool = False
+    """Its transaction committed."""
 
     @property
     def awaits_outcomes(self) -> bool:

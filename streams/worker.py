@@ -45,7 +45,7 @@ from streams import batches, fencing, txn_v2
 from streams.batches import Record
 from streams.clock import Clock, WallClock
 from streams.executor import StepExecutor
-from streams.pending import LocalStep, Out, Pending, TaskOffsets
+from streams.pending import EarlyOutcome, LocalStep, Out, Pending, TaskOffsets
 from streams.records import (
     COMMAND,
     COMPLETION,
@@ -119,6 +119,9 @@ class Worker:
         ```
     """
 
+    _taking: EarlyOutcome | None = None
+    """The local step outcome being applied before it was written (its run's new steps wait for it)."""
+
     def __init__(self, registry: Registry, settings: Settings, *, clock: Clock | None = None) -> None:
         self.registry = registry
         self.settings = settings
@@ -149,6 +152,12 @@ class Worker:
         self._rewind: dict[TopicPartition, int] = {}
         """Per inbox partition: where the reader reads again after dropped work (see :meth:`_drop_open`)."""
         self._task_offsets: dict[TopicPartition, TaskOffsets] = {}
+        self._reporting: dict[str, EarlyOutcome] = {}
+        """Outcomes applied before they were written whose reports are on their way to the inbox, by command id."""
+        self._waiting_runs: dict[str, int] = {}
+        """Runs with outcomes applied before they were durable, and steps waiting for that: count per run."""
+        self._running_local: dict[tuple[str, int, int], LocalStep] = {}
+        """Steps this worker started itself and that have not finished, by attempt."""
         self._local: dict[tuple[TopicPartition, int], LocalStep] = {}
         """Steps this worker scheduled and runs itself, by where their task records are (committed ones only)."""
         self._cache: OrderedDict[str, RunState] = OrderedDict()
@@ -183,6 +192,8 @@ class Worker:
             threads=s.step_threads,
             is_current=self.is_current,
             on_reported=self.offer,
+            take=self.take_outcome,
+            on_early_reported=self.early_reported,
             clock=self.clock,
         )
         self._partition = await RunPartitioner.of(self._reports, self.topics)
@@ -392,6 +403,7 @@ class Worker:
     def _drop_open(self) -> None:
         """Forget what was applied and not committed (the committed states stay on disk); read its inputs again."""
         dropped = self._open
+        self._drop_early(dropped)
         self._unoffer(dropped)
         for tp, first in dropped.first.items():
             position = self._consumed.get(tp)
@@ -403,6 +415,31 @@ class Worker:
         self._room.set()
         self._cache.clear()  # committed states only, but some may have been read while a dropped one was applied
         self.actor.forget()  # kept coroutines saw the dropped states (they would not be used again anyway)
+
+    def _drop_early(self, dropped: Pending) -> None:
+        """Outcomes applied early in ``dropped`` are lost with it: their steps never start, their reports are inputs."""
+        assert self._executor is not None
+        for early in dropped.early:
+            early.dropped = True
+            if self._reporting.pop(early.command.id, None) is not None:
+                pass  # its report, once written, is read again and applied like any input
+            elif early.release is not None:
+                # Recorded nowhere else: run the attempt again while the run is still here (else its next owner
+                # reads the task again, since the attempt held the task's offset back).
+                if self.partition_of(early.command.key.encode()) in self._restored:
+                    self._executor.submit(early.task, early.release)
+                else:
+                    early.release()
+            if not early.settled:
+                early.settled = True
+                self._unwait(early.command.key)
+
+    def _unwait(self, key: str) -> None:
+        left = self._waiting_runs.get(key, 0) - 1
+        if left > 0:
+            self._waiting_runs[key] = left
+        else:
+            self._waiting_runs.pop(key, None)
 
     def _unoffer(self, dropped: Pending) -> None:
         """The records applied when written in ``dropped`` are applied again when the consumer reads them."""
@@ -603,6 +640,73 @@ class Worker:
         pending.offered.append((tp, meta.offset))
         self._work.set()
 
+    def take_outcome(self, task: StepTask, command: Command) -> EarlyOutcome | None:
+        """Apply the outcome of a step this process ran before it is written anywhere; ``None``: report it first.
+
+        The transaction of what it is applied in records it (history, state). If its run scheduled new steps from
+        it, they wait until the outcome's report is in the inbox (:meth:`early_reported`): a crash before then
+        must not leave a step that ran on an outcome nobody recorded. A run that scheduled none needs no report,
+        and its new steps from any later input wait for the commit.
+        """
+        key = command.key
+        partition = self.partition_of(key.encode())
+        if partition not in self._restored or self._stopping.is_set():
+            return None
+        if not self.actor.answers(self._state(partition, key), command):
+            return None
+        pending = self._open
+        early = EarlyOutcome(task, command, pending)
+        self._taking = early
+        try:
+            applied = self._handle(command, partition, pending, None)
+        finally:
+            self._taking = None
+        if not applied:
+            return None
+        pending.early.append(early)
+        if early.steps:
+            self._reporting[command.id] = early
+            self._waiting_runs[key] = self._waiting_runs.get(key, 0) + 1
+        else:
+            early.settled = True
+            pending.held.add(key)  # its state holds an outcome only this transaction records
+        step = self._running_local.get(task.attempt_id)
+        if step is not None:
+            step.finished = True  # for the linger: its outcome is in the transaction
+        self._work.set()
+        return early
+
+    def early_reported(self, early: EarlyOutcome, meta: RecordMetadata) -> None:
+        """The report of an outcome applied early is in the inbox: its run's waiting steps may start."""
+        self._reported(early, TopicPartition(meta.topic, meta.partition), meta.offset, read=False)
+
+    def _reported(self, early: EarlyOutcome, tp: TopicPartition, offset: int, *, read: bool) -> None:
+        """``early``'s report is at ``offset`` of ``tp``: written (``read`` False) or reached by the consumer."""
+        if self._reporting.pop(early.command.id, None) is None or early.dropped:
+            return  # already seen, or its work was dropped: the record is an ordinary input again
+        pending = early.pending
+        in_order = read or self._consumed.get(tp) == offset
+        if not read:
+            if in_order:
+                self._consumed[tp] = offset + 1
+                self._open.offsets[tp] = offset + 1
+            self._offered.setdefault(tp, set()).add(offset)  # the consumer skips it
+            if not pending.committed:
+                pending.offered.append((tp, offset))
+                pending.first[tp] = min(pending.first.get(tp, offset), offset)
+        if early.settled:
+            return
+        early.settled = True
+        key = early.command.key
+        self._unwait(key)
+        durable_in_order = in_order and not early.overtaken and self._may_start_now(key)
+        if durable_in_order or pending.committed:
+            for step in early.steps:
+                self._start(step)
+        else:
+            pending.deferred.extend(early.steps)
+        self._work.set()
+
     def _accept_task(self, tp: TopicPartition, record: ConsumerRecord, pending: Pending) -> None:
         assert self._executor is not None
         tracked = self._task_offsets.setdefault(tp, TaskOffsets())
@@ -641,6 +745,10 @@ class Worker:
         if command.key.encode() != record.key:
             pending.outputs.append(self._dead_letter(record, f"record key {record.key!r} is not the command's run key"))
             return
+        early = self._reporting.get(command.id)
+        if early is not None and early.command == command:
+            self._reported(early, TopicPartition(record.topic, record.partition), record.offset, read=True)
+            return  # applied before it was written
         self._handle(command, partition, pending, record)
 
     def _handle(self, command: Command, partition: int, pending: Pending, record: ConsumerRecord | None) -> bool:
@@ -648,6 +756,12 @@ class Worker:
 
         Returns whether it was applied; what cannot be goes to the dead-letter topic when it was read.
         """
+        if command.key in self._waiting_runs and (self._taking is None or self._taking.command is not command):
+            # An input of a run whose outcome applied early is not in the inbox yet: where its report lands, a new
+            # owner might apply this one first. The steps waiting on that outcome wait for the commit instead.
+            for early in self._reporting.values():
+                if early.command.key == command.key:
+                    early.overtaken = True
         now = self.clock.now_ms()
         if command.at_ms < now:
             # The run's "now" is when its worker takes the command: a sleep counts from the moment the workflow
@@ -683,6 +797,8 @@ class Worker:
         order and schedules the same step (the attempt then runs again, as any attempt in flight at a crash does,
         under the same idempotency key).
         """
+        if key in self._waiting_runs:
+            return False  # an outcome it took is not durable yet
         return all(p is None or key not in p.held for p in (self._open, self._committing))
 
     def _emit(
@@ -709,7 +825,11 @@ class Worker:
                 )
                 step = LocalStep(task)
                 pending.outputs.append(Out(self.topics.tasks, partition, key, TASK.encode(task), TASK.headers, step))
-                if self._may_start_now(command.key):
+                taking = self._taking
+                if taking is not None and taking.command.key == command.key and self._may_start_now(command.key):
+                    taking.steps.append(step)  # starts once the outcome it follows is durable
+                    pending.started.append(step)
+                elif self._may_start_now(command.key):
                     self._start(step)
                     pending.started.append(step)
                 else:
@@ -741,10 +861,15 @@ class Worker:
     def _start(self, step: LocalStep) -> None:
         """Run a step this worker scheduled, without waiting to read its task back from the topic."""
         assert self._executor is not None
+        if step.started:
+            return
+        step.started = True
+        self._running_local[step.task.attempt_id] = step
         self._executor.submit(step.task, lambda: self._finished(step))
 
     def _finished(self, step: LocalStep) -> None:
         step.finished = True
+        self._running_local.pop(step.task.attempt_id, None)
         self._work.set()
         if step.partition is not None and step.offset is not None:
             tracked = self._task_offsets.get(step.partition)
@@ -813,6 +938,7 @@ class Worker:
         # aiokafka ends a transaction even when one of its batches failed: it must hold all of them, or none.
         await asyncio.gather(*{id(p.batch): p.batch for p in placed}.values())
         await producer.commit_transaction()
+        pending.committed = True
         self.transactions += 1
         # Committed: the local copy follows, with the changelog position it now reflects.
         states = placed[len(pending.outputs) :]
@@ -838,6 +964,14 @@ class Worker:
                 self._task_offsets.setdefault(step.partition, TaskOffsets()).running.add(step.offset)
         for step in pending.deferred:
             self._start(step)
+        for early in pending.early:
+            if early.release is not None:
+                early.release()  # the commit recorded the outcome: the task's attempt is done
+            if not early.settled:  # its report is still on its way; the commit made the outcome durable
+                early.settled = True
+                self._unwait(early.command.key)
+                for step in early.steps:
+                    self._start(step)
 
     async def _roll_back(self) -> None:
         """Abort the transaction, forget everything not committed, and stop applying until :meth:`_resync`.
@@ -845,10 +979,11 @@ class Worker:
         Whether a transaction whose commit failed did commit is unknown (the broker may have written its
         decision and then died): the truth is on the changelog and in the group's offsets, once it settled.
         """
+        self._restored.clear()  # inputs are neither applied nor offered until the resync
         self._drop_open()
         if self._committing is not None:
+            self._drop_early(self._committing)
             self._unoffer(self._committing)
-        self._restored.clear()  # inputs are neither applied nor offered until the resync
         self._out_of_sync = True
         if self._producer is None:
             return

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 import pytest
 
+from actors.commands import CompleteStep
 from actors.errors import RunFailed
 from actors.events import (
     StepAttemptFailed,
@@ -18,7 +20,9 @@ from actors.events import (
 from actors.model import RunStatus
 from streams import txn_v2
 from streams.client import Client
+from streams.records import COMMAND
 from streams.settings import Settings
+from streams.topics import read_topic
 from streams.worker import Worker
 from tests.support import completions, histories, running_worker
 from tests.workflows import Greeting, app, chain, failures
@@ -159,6 +163,24 @@ async def test_outcomes_applied_as_written_are_not_applied_again_when_read(
     assert 300 == kinds.count("StepCompleted")
     assert 0 == kinds.count("StepResultDropped")  # each outcome was applied once, when written or when read
     assert 300 == worker.steps_executed
+
+
+async def test_a_last_steps_outcome_is_recorded_by_the_transaction_alone(
+    worker: Worker, client: Client, settings: Settings
+) -> None:
+    handles = await asyncio.gather(*(client.start(chain, Greeting(name=f"l{i}"), id=f"last-{i}") for i in range(30)))
+    await asyncio.gather(*(h.result(timeout=120) for h in handles))
+
+    inbox = [COMMAND.decode(r.value) for r in await read_topic(settings.bootstrap, f"{settings.prefix}inbox")]
+    reported = Counter(c.workflow_id for c in inbox if isinstance(c.body, CompleteStep))
+    runs = await histories(settings.bootstrap, settings.prefix)
+    # The first two outcomes start the next step, which waits for them to be in the inbox; the third starts
+    # nothing, so the transaction that records it is its only record.
+    assert {f"last-{i}": 2 for i in range(30)} == dict(reported)
+    for i in range(30):
+        kinds = [type(e.body).__name__ for e in runs[f"default/last-{i}"]]
+        assert 3 == kinds.count("StepCompleted")
+        assert 0 == kinds.count("StepResultDropped")
 
 
 async def test_a_chain_of_quick_steps_commits_once(worker: Worker, client: Client) -> None:
