@@ -936,7 +936,8 @@ class Worker:
             member = fencing.group_member(self._consumer, self.settings.group)
             await fencing.send_offsets(producer, pending.offsets, member)
         # aiokafka ends a transaction even when one of its batches failed: it must hold all of them, or none.
-        await asyncio.gather(*{id(p.batch): p.batch for p in placed}.values())
+        for batch in {id(p.batch): p.batch for p in placed}.values():
+            await batch  # raises if it failed; no wait at all once it is delivered
         await producer.commit_transaction()
         pending.committed = True
         self.transactions += 1
