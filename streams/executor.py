@@ -6,7 +6,7 @@ was recorded is never executed again, even when its task is read a second time a
 attempt already running here is not started a second time. Once an outcome is in the inbox, ``on_reported``
 hears of it (the worker applies it at once when it can).
 
-The worker that scheduled a step may take its outcome before it is written (``take``): then its transaction
+The worker that owns the run may take an outcome before it is written (``take``): then its transaction
 records it, and the outcome is reported to the inbox only if the run's next steps wait for that
 (``on_early_reported``).
 """
@@ -70,7 +70,11 @@ class StepExecutor:
         return len(self._running)
 
     def submit(self, task: StepTask, done: Callable[[], None]) -> None:
-        """Run ``task`` in the background; ``done`` is called once it has been reported or skipped."""
+        """Run ``task`` in the background; ``done`` is called once its outcome is durable, or it was skipped.
+
+        Durable: reported to the inbox, or committed by the transaction of the worker that took it (if that work
+        is dropped instead, the attempt is released to run again).
+        """
         attempt = task.attempt_id
         running = self._running.get(attempt)
         if running is not None:

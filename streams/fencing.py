@@ -11,7 +11,7 @@ Kafka fences such a "zombie" when the offset commit of the transaction names the
 member, so this module teaches it the newer one: :func:`send_offsets` passes the consumer's group metadata,
 and the producer's offset-commit handler sends it (falling back to the old request on a broker older than 2.5).
 A refused commit fails ``send_offsets`` with the broker's error; the transaction is then aborted (really: see
-:func:`_abortable`) as after any failed commit, and the producer stays usable.
+:func:`abortable`) as after any failed commit, and the producer stays usable.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
     ConcurrentTransactions,
     IllegalGenerationError,
+    KafkaError,
+    ProducerFenced,
     RebalanceInProgressError,
     UnknownMemberIdError,
 )
@@ -33,10 +35,13 @@ from aiokafka.protocol.transaction import TxnOffsetCommitRequest_v0
 from aiokafka.protocol.types import CompactArray, CompactString, Int16, Int32, Int64, Schema, TaggedFields
 from aiokafka.structs import OffsetAndMetadata
 
-from streams import txn_v2
-
 FENCED = (IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError)
 """The broker's answers to a commit from a member the group no longer knows in that generation."""
+
+PRODUCER_FENCED = 90
+"""Another producer took the transactional id (newer request versions; aiokafka knows only the older code)."""
+TRANSACTION_ABORTABLE = 120
+"""The transaction can only be aborted (KIP-890)."""
 
 
 class GroupMember(str):
@@ -194,7 +199,7 @@ class _FencedTxnOffsetCommitHandler(sender.TxnOffsetCommitHandler):  # type: ign
         offset: OffsetAndMetadata
         for tp, offset in sorted(self._offsets.items()):
             topics[tp.topic].append((tp.partition, offset.offset, offset.metadata))
-        request = _TxnOffsetCommitRequestV2 if isinstance(txn, txn_v2.V2TransactionManager) else _TxnOffsetCommitRequest
+        request = _TxnOffsetCommitRequestV2 if getattr(txn, "IMPLICIT_OFFSETS", False) else _TxnOffsetCommitRequest
         return request(txn.transactional_id, self._group_id, txn.producer_id, txn.producer_epoch, topics)
 
     def handle_response(self, resp: Any) -> Any:
@@ -202,18 +207,24 @@ class _FencedTxnOffsetCommitHandler(sender.TxnOffsetCommitHandler):  # type: ign
             errors = [(topic, [(p, code) for p, code, _ in partitions]) for topic, partitions, _ in resp.topics]
         else:
             errors = resp.errors
-        if any(code == ConcurrentTransactions.errno for _, partitions in errors for _, code in partitions):
+        codes = {code for _, partitions in errors for _, code in partitions}
+        if ConcurrentTransactions.errno in codes:
             return self._default_backoff  # the coordinator still writes the transaction's previous step: again
+        if PRODUCER_FENCED in codes:  # v3+ answers this where v0 answered INVALID_PRODUCER_EPOCH
+            raise ProducerFenced()
+        if TRANSACTION_ABORTABLE in codes:
+            abortable(self._sender._txn_manager, KafkaError("the coordinator can only abort this transaction"))
+            return None
         for _, partitions in errors:
             for _, code in partitions:
                 for fenced in FENCED:
                     if code == fenced.errno:
-                        _abortable(self._sender._txn_manager, fenced())
+                        abortable(self._sender._txn_manager, fenced())
                         return None
         return super().handle_response(_V0Errors(errors))
 
 
-def _abortable(txn: TransactionManager, exc: Exception) -> None:
+def abortable(txn: TransactionManager, exc: Exception) -> None:
     """Fail the transaction's offset commit so that it can only be aborted, and the abort reaches the broker.
 
     aiokafka's own ``error_transaction`` also forgets the partitions the transaction wrote to, after which an

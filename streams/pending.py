@@ -36,8 +36,9 @@ class LocalStep:
     """A step attempt that this worker runs itself because it scheduled it.
 
     Its task record still goes to the tasks topic, for whoever owns the run after a crash; this worker skips it
-    when it reads it back. Until the attempt's outcome is in the inbox, the record's offset holds back the
-    committed position of the tasks partition, so that a crash before then leaves the task to be read again.
+    when it reads it back. Until the attempt's outcome is durable (in the inbox, or committed by the transaction
+    that applied it), the record's offset holds back the committed position of the tasks partition, so that a
+    crash before then leaves the task to be read again.
     """
 
     task: StepTask
@@ -110,7 +111,8 @@ class Pending:
     deferred: list[LocalStep] = field(default_factory=list)
     """Steps to start once this transaction commits."""
     started: list[LocalStep] = field(default_factory=list)
-    """Steps started before this transaction commits (their outcomes may still join it)."""
+    """Steps started before this transaction commits, or to start as soon as the outcome they follow is in the
+    inbox (their outcomes may still join it)."""
     early: list[EarlyOutcome] = field(default_factory=list)
     """Local step outcomes applied before they were written (see :class:`EarlyOutcome`)."""
     inputs: int = 0
@@ -120,7 +122,7 @@ class Pending:
 
     @property
     def awaits_outcomes(self) -> bool:
-        """Whether steps this transaction schedules are running, and none of its steps waits for it to commit."""
+        """Whether steps this transaction schedules are running or about to, and none waits for it to commit."""
         return not self.deferred and any(not step.finished for step in self.started)
 
     @property

@@ -21,7 +21,7 @@ from io import BytesIO
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import ConcurrentTransactions
+from aiokafka.errors import ConcurrentTransactions, InvalidProducerEpoch, KafkaError
 from aiokafka.producer import sender
 from aiokafka.producer.transaction_manager import PidAndEpoch, TransactionManager
 from aiokafka.protocol.api import Request, RequestStruct, Response, ResponseHeader_v0
@@ -37,6 +37,8 @@ from aiokafka.protocol.types import (
     TaggedFields,
     UnsignedVarInt32,
 )
+
+from streams import fencing
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +223,9 @@ class V2TransactionManager(TransactionManager):  # type: ignore[misc]
     with every ended transaction, and with it the sequence numbers start again at zero.
     """
 
+    IMPLICIT_OFFSETS = True
+    """Its offsets go in ``TxnOffsetCommit`` v5, which adds them to the transaction (see :mod:`streams.fencing`)."""
+
     def maybe_add_partition_to_txn(self, tp: TopicPartition) -> None:
         """Count ``tp`` in the transaction: the broker adds it when the first records for it arrive."""
         if self.transactional_id is None:
@@ -233,15 +238,15 @@ class V2TransactionManager(TransactionManager):  # type: ignore[misc]
         return
 
     def offsets_to_commit(self) -> tuple[Any, str] | None:
-        """The next offsets to commit, without a request to add the group first."""
+        """The next offsets to commit, without a request to add the group first.
+
+        Once they are sent the transaction must be ended, even without records and even if the commit is refused:
+        the group coordinator may have added its partition to the transaction before refusing them.
+        """
         for group_id, offsets, _ in self._pending_txn_offsets:
+            self._txn_consumer_group = group_id
             return offsets, group_id
         return None
-
-    def offset_committed(self, tp: TopicPartition, offset: int, group_id: str) -> None:
-        """The offsets are in the transaction, which must therefore be ended even without records."""
-        self._txn_consumer_group = group_id
-        super().offset_committed(tp, offset, group_id)
 
     def ended(self, producer_id: int, producer_epoch: int) -> None:
         """The coordinator ended the transaction and gave the producer its next epoch."""
@@ -274,8 +279,18 @@ class _ProduceHandler(sender.SendProduceReqHandler):  # type: ignore[misc]
         if not isinstance(response, _ProduceResponse_v12):
             super().handle_response(response)
             return
-        topics = [(name, [fields[:-1] for fields in parts]) for name, parts, _ in response.topics]  # less the tags
+        topics = [(name, [_v8_fields(*fields) for fields in parts]) for name, parts, _ in response.topics]
         super().handle_response(_AsV8(topics))
+
+
+def _v8_fields(partition: int, code: int, *rest: Any) -> tuple[Any, ...]:
+    """A v12 partition answer as v8's fields (without the tags); PRODUCER_FENCED as v8's INVALID_PRODUCER_EPOCH."""
+    return (partition, _fenced_as_v0(code), *rest[:-1])
+
+
+def _fenced_as_v0(code: int) -> int:
+    """PRODUCER_FENCED (unknown to aiokafka) as INVALID_PRODUCER_EPOCH, which it makes ``ProducerFenced``."""
+    return InvalidProducerEpoch.errno if code == fencing.PRODUCER_FENCED else code
 
 
 class _AsV8:
@@ -298,22 +313,41 @@ class _EndTxnHandler(sender.EndTxnHandler):  # type: ignore[misc]
 
     def handle_response(self, resp: Any) -> Any:
         txn = self._sender._txn_manager
-        if isinstance(resp, _EndTxnResponse_v5) and resp.error_code == 0 and isinstance(txn, V2TransactionManager):
+        if not isinstance(resp, _EndTxnResponse_v5) or not isinstance(txn, V2TransactionManager):
+            return super().handle_response(resp)
+        if resp.error_code == 0:
             txn.ended(resp.producer_id, resp.producer_epoch)
             return None
-        return super().handle_response(resp)
+        if resp.error_code == fencing.TRANSACTION_ABORTABLE:
+            fencing.abortable(txn, KafkaError("the coordinator can only abort this transaction"))
+            return None
+        return super().handle_response(_Code(_fenced_as_v0(resp.error_code)))
+
+
+class _Code:
+    """An answer carrying only its error code, in the shape aiokafka's handlers read."""
+
+    def __init__(self, error_code: int) -> None:
+        self.error_code = error_code
 
 
 # -- switching ---------------------------------------------------------------------------------------------------
 
 
 async def supported(producer: AIOKafkaProducer) -> bool:
-    """Whether the cluster the producer talks to has the second protocol finalised and every request it needs."""
+    """Whether the cluster has the second protocol finalised, and a broker (any one) every request it needs.
+
+    Finalised features are the cluster's, whichever broker answers.
+    """
     client = producer.client
     node_id = client.get_random_node()
     if node_id is None:
         return False
-    response = await client.send(node_id, _ApiVersionsRequest())
+    try:
+        response = await client.send(node_id, _ApiVersionsRequest())
+    except (KafkaError, NotImplementedError) as exc:  # a broker older than 2.4 has no ApiVersions v3
+        logger.info("could not read the cluster's features (%r): transactions v1", exc)
+        return False
     if response.error_code != 0:
         return False
     top = {key: high for key, _, high, _ in response.api_keys}
@@ -340,6 +374,6 @@ async def enable(producer: AIOKafkaProducer) -> bool:
 
 
 def install() -> None:
-    """Let every aiokafka producer of this process send the second protocol's requests once :func:`enable` d."""
+    """Let every aiokafka producer of this process send the second protocol's requests once enabled."""
     sender.SendProduceReqHandler = _ProduceHandler
     sender.EndTxnHandler = _EndTxnHandler

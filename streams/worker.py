@@ -424,8 +424,9 @@ class Worker:
             if self._reporting.pop(early.command.id, None) is not None:
                 pass  # its report, once written, is read again and applied like any input
             elif early.release is not None:
-                # Recorded nowhere else: run the attempt again while the run is still here (else its next owner
-                # reads the task again, since the attempt held the task's offset back).
+                # Recorded nowhere else: the attempt must run again. Revokes and failed commits give the partition
+                # up first, and the task is read again from its held-back offset; a drop that keeps the partition
+                # (tests/integration/test_dropped_work.py makes one) runs it again here.
                 if self.partition_of(early.command.key.encode()) in self._restored:
                     self._executor.submit(early.task, early.release)
                 else:
@@ -641,7 +642,7 @@ class Worker:
         self._work.set()
 
     def take_outcome(self, task: StepTask, command: Command) -> EarlyOutcome | None:
-        """Apply the outcome of a step this process ran before it is written anywhere; ``None``: report it first.
+        """Apply the outcome of a step of a run this worker owns before it is written; ``None``: report it first.
 
         The transaction of what it is applied in records it (history, state). If its run scheduled new steps from
         it, they wait until the outcome's report is in the inbox (:meth:`early_reported`): a crash before then

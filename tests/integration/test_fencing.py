@@ -10,7 +10,7 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import UnknownMemberIdError
+from aiokafka.errors import ProducerFenced, UnknownMemberIdError
 
 from streams import fencing, txn_v2
 from tests.support import eventually
@@ -97,3 +97,34 @@ async def test_a_dropped_members_transaction_is_refused_and_the_producer_stays_u
         assert [r.value for records in seen.values() for r in records] == [b"by the live member"]
     finally:
         await reader.stop()
+
+
+@pytest.mark.parametrize("protocol", [1, 2])
+async def test_a_producer_whose_transactional_id_was_taken_is_fenced_on_commit(
+    kafka_bootstrap: str, topic_prefix: str, protocol: int
+) -> None:
+    fencing.install()
+    txn_v2.install()
+    topic = f"{topic_prefix}fenced"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    old = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{topic_prefix}same")
+    new = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{topic_prefix}same")
+    await old.start()
+    try:
+        if protocol == 2:
+            assert await txn_v2.enable(old)
+        async with old.transaction():
+            await old.send_and_wait(topic, b"committed by the first")
+        await old.begin_transaction()
+        await old.send_and_wait(topic, b"pending when the id was taken")
+        await new.start()  # takes the id: the first producer's open transaction is aborted
+        with pytest.raises(ProducerFenced):
+            await old.commit_transaction()
+    finally:
+        await old.stop()
+        await new.stop()
