@@ -421,9 +421,8 @@ class Worker:
         assert self._executor is not None
         for early in dropped.early:
             early.dropped = True
-            if self._reporting.pop(early.command.id, None) is not None:
-                pass  # its report, once written, is read again and applied like any input
-            elif early.release is not None:
+            reported = self._reporting.pop(early.command.id, None) is not None  # read again like any input
+            if not reported and early.release is not None:
                 # Recorded nowhere else: the attempt must run again. Revokes and failed commits give the partition
                 # up first, and the task is read again from its held-back offset; a drop that keeps the partition
                 # (tests/integration/test_dropped_work.py makes one) runs it again here.
@@ -633,13 +632,22 @@ class Worker:
             pending.held.add(command.key)
         if not self._handle(command, meta.partition, pending, None):
             return  # left to the consumer, which dead-letters it if it fails again
-        if in_order:
-            self._consumed[tp] = meta.offset + 1
-            pending.offsets[tp] = meta.offset + 1
-        pending.first[tp] = min(pending.first.get(tp, meta.offset), meta.offset)
-        self._offered.setdefault(tp, set()).add(meta.offset)
-        pending.offered.append((tp, meta.offset))
+        self._applied_ahead(tp, meta.offset, pending, in_order=in_order)
         self._work.set()
+
+    def _applied_ahead(self, tp: TopicPartition, offset: int, pending: Pending | None, *, in_order: bool) -> None:
+        """The inbox record at ``offset`` was applied before the consumer reached it: skip it there.
+
+        In order, the consumed position moves past it. If ``pending`` (what it was applied in, not committed yet)
+        is dropped, the consumer reads it again.
+        """
+        if in_order:
+            self._consumed[tp] = offset + 1
+            self._open.offsets[tp] = offset + 1
+        self._offered.setdefault(tp, set()).add(offset)
+        if pending is not None:
+            pending.first[tp] = min(pending.first.get(tp, offset), offset)
+            pending.offered.append((tp, offset))
 
     def take_outcome(self, task: StepTask, command: Command) -> EarlyOutcome | None:
         """Apply the outcome of a step of a run this worker owns before it is written; ``None``: report it first.
@@ -688,13 +696,7 @@ class Worker:
         pending = early.pending
         in_order = read or self._consumed.get(tp) == offset
         if not read:
-            if in_order:
-                self._consumed[tp] = offset + 1
-                self._open.offsets[tp] = offset + 1
-            self._offered.setdefault(tp, set()).add(offset)  # the consumer skips it
-            if not pending.committed:
-                pending.offered.append((tp, offset))
-                pending.first[tp] = min(pending.first.get(tp, offset), offset)
+            self._applied_ahead(tp, offset, None if pending.committed else pending, in_order=in_order)
         if early.settled:
             return
         early.settled = True
