@@ -10,6 +10,7 @@ import pytest
 from actors.commands import CompleteStep
 from actors.errors import RunFailed
 from actors.events import (
+    Event,
     StepAttemptFailed,
     StepCompleted,
     StepScheduled,
@@ -24,7 +25,7 @@ from streams.records import COMMAND
 from streams.settings import Settings
 from streams.topics import read_topic
 from streams.worker import Worker
-from tests.support import completions, histories, running_worker
+from tests.support import completions, eventually, histories, running_worker
 from tests.workflows import Greeting, app, chain, failures
 
 pytestmark = pytest.mark.integration
@@ -173,7 +174,16 @@ async def test_a_last_steps_outcome_is_recorded_by_the_transaction_alone(
 
     inbox = [COMMAND.decode(r.value) for r in await read_topic(settings.bootstrap, f"{settings.prefix}inbox")]
     reported = Counter(c.workflow_id for c in inbox if isinstance(c.body, CompleteStep))
-    runs = await histories(settings.bootstrap, settings.prefix)
+    ids = range(30)
+
+    async def finished() -> dict[str, list[Event]] | None:
+        # A transaction's markers reach its partitions one by one: the completion may be readable before the
+        # history written with it.
+        runs = await histories(settings.bootstrap, settings.prefix)
+        ended = [any(isinstance(e.body, WorkflowCompleted) for e in runs.get(f"default/last-{i}", [])) for i in ids]
+        return runs if all(ended) else None
+
+    runs = await eventually(finished, timeout=30, interval=0.2)
     # The first two outcomes start the next step, which waits for them to be in the inbox; the third starts
     # nothing, so the transaction that records it is its only record.
     assert {f"last-{i}": 2 for i in range(30)} == dict(reported)
