@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -43,6 +43,8 @@ HAND_OVER_CHUNK = 25
 _DUE = b"d"
 _INDEX = b"i"
 _CHECKPOINT = b"c"
+_NONE_DUE = 2**64 - 1
+"""The floor of a partition without timers."""
 
 
 def _p(partition: int) -> bytes:
@@ -55,6 +57,9 @@ class TimerStore:
     def __init__(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self._db = Rdict(str(path), rocksdb_options())
+        self._floor: dict[int, int] = {}
+        """Per partition: no live timer is due before this. Reads seek to it, past the deletions of fired timers,
+        which RocksDB keeps (and a seek from the partition's first key would step over) until it compacts."""
 
     def apply(self, partition: int, records: list[tuple[str, int | None, bytes | None]], next_offset: int) -> None:
         """Put (key, due, value) or delete (key, None, None) timers, and move the partition's checkpoint."""
@@ -70,6 +75,8 @@ class TimerStore:
             else:
                 batch.put(_DUE + _p(partition) + struct.pack(">Q", due) + key.encode(), value)
                 batch.put(index, struct.pack(">Q", due))
+                if partition in self._floor:
+                    self._floor[partition] = min(self._floor[partition], due)
             seen[key] = due
         batch.put(_CHECKPOINT + _p(partition), struct.pack(">Q", next_offset))
         self._db.write(batch)
@@ -89,27 +96,34 @@ class TimerStore:
 
     def due(self, partition: int, now_ms: int, limit: int) -> list[tuple[str, bytes]]:
         """Up to ``limit`` timers of ``partition`` due at ``now_ms``, earliest first."""
-        head = _DUE + _p(partition)
         out: list[tuple[str, bytes]] = []
-        for raw_key, value in self._db.items(from_key=head):
-            key = bytes(raw_key)  # type: ignore[arg-type]  # raw mode: bytes
-            if not key.startswith(head) or len(out) >= limit:
+        for due, key, value in self._live(partition):
+            if due > now_ms or len(out) >= limit:
                 break
-            due = struct.unpack(">Q", key[len(head) : len(head) + 8])[0]
-            if due > now_ms:
-                break
-            out.append((key[len(head) + 8 :].decode(), bytes(value)))
+            out.append((key, value))
         return out
 
     def next_due(self, partition: int) -> int | None:
         """When the earliest timer of ``partition`` is due."""
-        head = _DUE + _p(partition)
-        for raw_key in self._db.keys(from_key=head):
-            key = bytes(raw_key)  # type: ignore[arg-type]
-            if key.startswith(head):
-                return int(struct.unpack(">Q", key[len(head) : len(head) + 8])[0])
-            break
+        for due, _, _ in self._live(partition):
+            return due
         return None
+
+    def _live(self, partition: int) -> Iterator[tuple[int, str, bytes]]:
+        """(due, key, value) of the partition's timers, earliest first, from the floor on (which follows the head)."""
+        head = _DUE + _p(partition)
+        first = True
+        for raw_key, value in self._db.items(from_key=head + struct.pack(">Q", self._floor.get(partition, 0))):
+            key = bytes(raw_key)  # type: ignore[arg-type]  # raw mode: bytes
+            if not key.startswith(head):
+                break
+            due = int(struct.unpack(">Q", key[len(head) : len(head) + 8])[0])
+            if first:
+                self._floor[partition] = due
+                first = False
+            yield due, key[len(head) + 8 :].decode(), bytes(value)
+        if first:
+            self._floor[partition] = _NONE_DUE
 
     def count(self, partition: int) -> int:
         """How many live timers ``partition`` holds (scans the partition: for tools and tests)."""

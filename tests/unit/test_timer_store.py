@@ -1,0 +1,86 @@
+"""The timer store on a local RocksDB: due timers come out earliest first, whatever was fired and set before."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.timers import TimerStore
+
+
+def test_fired_timers_are_gone_and_an_earlier_new_timer_is_seen(tmp_path: Path) -> None:
+    store = TimerStore(tmp_path)
+    store.apply(0, [(f"t{i}", 1_000 + i, b"v%d" % i) for i in range(100)], 100)
+    fired = store.due(0, 1_049, limit=500)
+    assert [k for k, _ in fired] == [f"t{i}" for i in range(50)]
+    store.forget(0, [k for k, _ in fired])
+    assert store.next_due(0) == 1_050
+    assert store.due(0, 1_049, limit=500) == []
+    # set after the head moved on, due before it: found all the same
+    store.apply(0, [("late", 10, b"x")], 101)
+    assert store.next_due(0) == 10
+    assert store.due(0, 1_051, limit=3) == [("late", b"x"), ("t50", b"v50"), ("t51", b"v51")]
+    assert store.next_offset(0) == 101
+    store.close()
+
+
+def test_a_partition_that_ran_empty_sees_its_next_timer(tmp_path: Path) -> None:
+    store = TimerStore(tmp_path)
+    assert store.next_due(3) is None
+    store.apply(3, [("a", 5_000, b"a")], 1)
+    assert store.due(3, 4_999, limit=10) == []
+    assert store.due(3, 5_000, limit=10) == [("a", b"a")]
+    store.forget(3, ["a"])
+    assert store.next_due(3) is None
+    store.apply(3, [("b", 1, b"b")], 2)
+    assert store.next_due(3) == 1
+    assert store.next_due(2) is None  # partitions are apart
+    store.close()
+
+
+def test_a_moved_timer_is_due_at_its_new_time_only(tmp_path: Path) -> None:
+    store = TimerStore(tmp_path)
+    store.apply(1, [("a", 100, b"1")], 1)
+    store.apply(1, [("a", 300, b"2")], 2)
+    assert store.due(1, 200, limit=10) == []
+    assert store.due(1, 300, limit=10) == [("a", b"2")]
+    store.apply(1, [("a", None, None)], 3)  # tombstone
+    assert store.next_due(1) is None
+    store.close()
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("set"), st.sampled_from("abcdefgh"), st.integers(0, 50)),
+        st.tuples(st.just("cancel"), st.sampled_from("abcdefgh"), st.just(0)),
+        st.tuples(st.just("fire"), st.just(""), st.integers(0, 50)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops)
+def test_the_store_agrees_with_a_plain_model(script: list[tuple[str, str, int]]) -> None:
+    model: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = TimerStore(Path(tmp))
+        for n, (op, key, at) in enumerate(script):
+            if op == "set":
+                store.apply(0, [(key, at, key.encode())], n)
+                model[key] = at
+            elif op == "cancel":
+                store.apply(0, [(key, None, None)], n)
+                model.pop(key, None)
+            else:
+                expected = sorted((due, k) for k, due in model.items() if due <= at)[:3]
+                fired = store.due(0, at, limit=3)
+                assert [k for k, _ in fired] == [k for _, k in expected]
+                store.forget(0, [k for k, _ in fired])
+                for k, _ in fired:
+                    del model[k]
+            assert store.next_due(0) == (min(model.values()) if model else None)
+        store.close()
