@@ -1,4 +1,4 @@
-"""The event loop a worker process runs on: uvloop where it is installed, else asyncio's own.
+"""The event loop a worker process runs on (uvloop where it is installed, else asyncio's own), and bounded waits.
 
 A worker spends much of its time between network round trips (a step's report, a transaction's requests,
 fetches); uvloop's loop and sockets take less of it per hop. ``STEADY_EVENT_LOOP=asyncio`` keeps asyncio's
@@ -8,8 +8,9 @@ loop (to compare, or where uvloop is not wanted).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -20,6 +21,8 @@ except ImportError:  # not built for every platform (Windows): asyncio's loop th
     uvloop = None
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 ENV = "STEADY_EVENT_LOOP"
 """``uvloop`` (the default where installed) or ``asyncio``."""
@@ -39,3 +42,19 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         result: T = uvloop.run(main)
         return result
     return asyncio.run(main)
+
+
+async def bounded(seconds: float, *waits: Awaitable[object]) -> None:
+    """Await ``waits`` together for ``seconds`` at most; what fails or is left over is logged, never raised.
+
+    For closing Kafka clients: with the broker away they would wait on it for as long as it stays away.
+    """
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    done, left = await asyncio.wait(tasks, timeout=seconds)
+    for task in left:
+        task.cancel()
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("closing failed: %r", task.exception())
+    if left:
+        logger.warning("%d of %d closings left after %.1fs", len(left), len(tasks), seconds)

@@ -44,6 +44,9 @@ class Settings(BaseModel):
     session_timeout_ms: int = Field(10_000, description="consumer group session timeout")
     heartbeat_interval_ms: int = Field(1_000, description="consumer group heartbeat")
     transaction_timeout_ms: int = Field(15_000, description="an open transaction of a dead worker aborts after this")
+    shutdown_grace_ms: int = Field(
+        10_000, ge=0, description="a stopping worker's longest wait to commit; the rest is left to the next owner"
+    )
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

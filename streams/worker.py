@@ -45,6 +45,7 @@ from streams import batches, fencing, txn_v2
 from streams.batches import Record
 from streams.clock import Clock, WallClock
 from streams.executor import StepExecutor
+from streams.loop import bounded
 from streams.pending import EarlyOutcome, LocalStep, Out, Pending, TaskOffsets
 from streams.records import (
     COMMAND,
@@ -92,6 +93,9 @@ markers (CONCURRENT_TRANSACTIONS, KAFKA-5477): the coordinator answers within ab
 request is retried after this, not after aiokafka's defaults (100 ms, and 20 ms for adding partitions).
 Workers commit back to back whenever step outcomes keep arriving, so this wait is on every step's path.
 """
+
+CLOSE_TIMEOUT_S = 5.0
+"""Longest wait for Kafka clients to close, or a transaction to abort, before they are left (the broker is away)."""
 
 aiokafka.producer.sender.BACKOFF_OVERRIDE = TXN_RETRY_BACKOFF_MS / 1000
 fencing.install()
@@ -253,16 +257,35 @@ class Worker:
         try:
             await self._loop()
         finally:
-            async with self._lock:  # let a transaction in progress finish
-                for task in background:
-                    task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            if self._failure is None:
-                with contextlib.suppress(Exception):
-                    await self._flush(force=True)
-            await self.close()
+            await self._shut_down(background)
         if self._failure is not None:
             raise self._failure
+
+    async def _shut_down(self, background: list[asyncio.Task[None]]) -> None:
+        """Commit what was applied and close, within ``shutdown_grace_ms`` and :data:`CLOSE_TIMEOUT_S`.
+
+        A transaction under way may finish first. With the broker away, nothing finishes: past the grace the
+        worker leaves what it applied and did not commit, whose inputs are in the inbox after the committed
+        offsets, to the next owner, and a transaction left open is aborted by the broker or the next incarnation.
+        """
+        grace = self.settings.shutdown_grace_ms / 1000
+        try:
+            async with asyncio.timeout(grace):
+                async with self._lock:  # let a transaction in progress finish
+                    for task in background:
+                        task.cancel()
+                await asyncio.gather(*background, return_exceptions=True)
+                if self._failure is None:
+                    await self._flush(force=True)
+        except TimeoutError:
+            logger.warning("nothing committed within %.1fs of stopping: the next owner applies the rest again", grace)
+        except (KafkaError, OSError) as exc:
+            logger.warning("the last commit failed (%s): the next owner applies the rest again", exc)
+        finally:
+            for task in background:
+                task.cancel()  # past the grace: a commit or a resync waiting on the broker
+            await asyncio.wait(background, timeout=CLOSE_TIMEOUT_S)
+            await self.close()
 
     def _background_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
@@ -363,14 +386,11 @@ class Worker:
         self._stopping.set()
 
     async def close(self) -> None:
-        """Stop the executor, leave the group, close producers and the store."""
+        """Stop the executor, leave the group, close producers and the store (:data:`CLOSE_TIMEOUT_S` at most)."""
         if self._executor is not None:
             await self._executor.stop()
-        await self.timers.close()
-        for client in (self._consumer, self._producer, self._reports):
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    await client.stop()
+        clients = [c for c in (self._consumer, self._producer, self._reports) if c is not None]
+        await asyncio.gather(self.timers.close(CLOSE_TIMEOUT_S), bounded(CLOSE_TIMEOUT_S, *(c.stop() for c in clients)))
         self._store.close()
 
     # -- partitions ----------------------------------------------------------------------------------------
@@ -992,12 +1012,12 @@ class Worker:
         if self._producer is None:
             return
         try:
-            await self._producer.abort_transaction()
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self._producer.abort_transaction()
         except Exception:
             logger.warning("could not abort the transaction; the producer is replaced", exc_info=True)
-            with contextlib.suppress(Exception):
-                await self._producer.stop()
-            self._producer = None  # a new one (same transactional id) is made before the next transaction
+            await bounded(CLOSE_TIMEOUT_S, self._producer.stop())
+            self._producer = None  # a new one (same transactional id) fences it and aborts what it left open
 
     async def _resync(self) -> None:
         """After a failed commit: reload the owned partitions' state and read on from the committed offsets.

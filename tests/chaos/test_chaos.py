@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -15,10 +17,13 @@ import pytest
 from streams.broker import BrokerConfig, LocalBroker
 from streams.client import Client
 from streams.settings import Settings
+from streams.worker import CLOSE_TIMEOUT_S
 from tests.chaos.harness import Chaos, assert_guarantees
 from tests.support import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+
+GRACE_MS = 3_000
 
 
 async def test_workers_killed_at_random_keep_every_guarantee(settings: Settings, tmp_path: Path) -> None:
@@ -69,6 +74,44 @@ async def test_a_broker_stopped_mid_load_and_restarted_on_its_data_loses_nothing
         chaos.stop_workers()
         broker.stop()
 
+    assert_guarantees(figures)
+
+
+async def test_a_worker_stopped_while_its_broker_is_down_exits_within_its_grace_and_loses_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    broker = LocalBroker(BrokerConfig(home=tmp_path / "broker"))
+    broker.start(embedded=True)
+    own = settings.model_copy(update={"bootstrap": broker.bootstrap})
+    chaos = Chaos(own, tmp_path, [])
+    chaos.env["STEADY_SHUTDOWN_GRACE_MS"] = str(GRACE_MS)
+    try:
+        worker = chaos.add_worker("w1")
+        await eventually(lambda: b"assigned partitions" in worker.log.read_bytes())
+        async with Client(own.bootstrap, prefix=own.prefix) as client:
+            await chaos.start_runs(client)
+            await eventually(lambda: chaos.journal.read_text().count("\n") >= chaos.runs // 2, timeout=120)
+        broker.kill()
+        await asyncio.sleep(1.0)  # the worker notices: commits fail, reads and resyncs wait on the broker
+        assert worker.proc is not None
+        began = time.monotonic()
+        worker.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(worker.proc.wait, 60)
+        took = time.monotonic() - began
+        # the grace, then at most CLOSE_TIMEOUT_S for clients and tasks, twice (tasks, then clients)
+        assert took < GRACE_MS / 1000 + 2 * CLOSE_TIMEOUT_S + 3, f"stopped after {took:.1f}s"
+        assert code == 0, worker.log.read_text()[-3000:]
+
+        broker.start(embedded=True)
+        chaos.figures.restarts = 1
+        worker.start()  # the same worker id again: its open transaction is fenced, its inputs read again
+        await chaos.wait_until_done()
+        figures = await chaos.verify()
+    finally:
+        chaos.stop_workers()
+        broker.stop()
+
+    figures.notes["stop_seconds"] = round(took, 1)
     assert_guarantees(figures)
 
 
