@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,7 @@ from streams import loop as event_loop
 from streams.broker import KAFKA_VERSION, BrokerConfig, BrokerError, LocalBroker, ensure_jars
 from streams.check import check
 from streams.client import Client
+from streams.loop import CLOSE_TIMEOUT_S
 from streams.settings import Settings
 from streams.timeline import format_status, format_table, format_time, format_timeline, payload_text
 from streams.worker import Worker
@@ -102,9 +104,26 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 async def _serve(worker: Worker) -> None:
     loop = asyncio.get_running_loop()
+    # The worker's own stop is bounded; a step still running in a thread (threads cannot be stopped) would hold
+    # the process at exit, so the process ends regardless this long after the signal.
+    deadline = worker.settings.shutdown_grace_ms / 1000 + 3 * CLOSE_TIMEOUT_S + 2
+    watchdog = threading.Timer(deadline, _exit_now, (deadline,))
+    watchdog.daemon = True
+
+    def stop() -> None:
+        worker.stop()
+        if watchdog.ident is None:  # not started yet (a second signal changes nothing)
+            watchdog.start()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, worker.stop)
+        loop.add_signal_handler(sig, stop)
     await worker.run()
+
+
+def _exit_now(deadline: float) -> None:
+    logging.getLogger("streams.worker").error("still running %.0fs after the stop signal: exiting now", deadline)
+    logging.shutdown()
+    os._exit(1)
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from rocksdict import Rdict, WriteBatch
 from actors.commands import Command, FireTimer
 from schemas.codec import CodecError
 from streams.clock import Clock
-from streams.loop import bounded
+from streams.loop import CLOSE_TIMEOUT_S, bounded
 from streams.records import COMMAND, TIMER
 from streams.settings import Settings
 from streams.store import rocksdb_options
@@ -296,7 +296,9 @@ class TimerService:
                 if n % HAND_OVER_CHUNK == 0:
                     await asyncio.sleep(0)  # applying a firing runs its workflow: let commits and readers in between
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Leave the group and close the store (the clients are given ``timeout`` seconds)."""
-        await bounded(timeout, *(client.stop() for client in (self._consumer, self._producer) if client is not None))
+    async def close(self) -> None:
+        """Leave the group and close the store (the clients are given :data:`~streams.loop.CLOSE_TIMEOUT_S`)."""
+        await bounded(
+            CLOSE_TIMEOUT_S, *(client.stop() for client in (self._consumer, self._producer) if client is not None)
+        )
         self.store.close()

@@ -9,7 +9,6 @@ run (no key when the id comes from the key, a value that is not JSON) go to the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 
@@ -22,6 +21,7 @@ from actors.commands import Command, StartWorkflow
 from actors.model import run_key
 from actors.workflow import Trigger, Workflow
 from streams.clock import Clock
+from streams.loop import CLOSE_TIMEOUT_S, bounded
 from streams.records import COMMAND, DEAD_LETTER, DeadLetter
 from streams.settings import Settings
 from streams.topics import RunPartitioner, Topics
@@ -81,10 +81,7 @@ class TriggerRunner:
                     await asyncio.sleep(backoff)
                     backoff = min(5.0, backoff * 2)
         finally:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
-            with contextlib.suppress(Exception):
-                await producer.stop()
+            await bounded(CLOSE_TIMEOUT_S, consumer.stop(), producer.stop())
 
     def _run_id(self, record: ConsumerRecord) -> str | None:
         if self.trigger.id_from == "key":

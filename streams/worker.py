@@ -45,7 +45,7 @@ from streams import batches, fencing, txn_v2
 from streams.batches import Record
 from streams.clock import Clock, WallClock
 from streams.executor import StepExecutor
-from streams.loop import bounded
+from streams.loop import CLOSE_TIMEOUT_S, bounded
 from streams.pending import EarlyOutcome, LocalStep, Out, Pending, TaskOffsets
 from streams.records import (
     COMMAND,
@@ -93,9 +93,6 @@ markers (CONCURRENT_TRANSACTIONS, KAFKA-5477): the coordinator answers within ab
 request is retried after this, not after aiokafka's defaults (100 ms, and 20 ms for adding partitions).
 Workers commit back to back whenever step outcomes keep arriving, so this wait is on every step's path.
 """
-
-CLOSE_TIMEOUT_S = 5.0
-"""Longest wait for Kafka clients to close, or a transaction to abort, before they are left (the broker is away)."""
 
 aiokafka.producer.sender.BACKOFF_OVERRIDE = TXN_RETRY_BACKOFF_MS / 1000
 fencing.install()
@@ -275,7 +272,7 @@ class Worker:
                     for task in background:
                         task.cancel()
                 await asyncio.gather(*background, return_exceptions=True)
-                if self._failure is None:
+                if self._failure is None and not self._out_of_sync:  # out of sync: nothing it holds may be committed
                     await self._flush(force=True)
         except TimeoutError:
             logger.warning("nothing committed within %.1fs of stopping: the next owner applies the rest again", grace)
@@ -284,7 +281,7 @@ class Worker:
         finally:
             for task in background:
                 task.cancel()  # past the grace: a commit or a resync waiting on the broker
-            await asyncio.wait(background, timeout=CLOSE_TIMEOUT_S)
+            await bounded(CLOSE_TIMEOUT_S, *(t for t in background if not t.done()))  # cleanups may wait on it too
             await self.close()
 
     def _background_ended(self, task: asyncio.Task[None]) -> None:
@@ -388,9 +385,9 @@ class Worker:
     async def close(self) -> None:
         """Stop the executor, leave the group, close producers and the store (:data:`CLOSE_TIMEOUT_S` at most)."""
         if self._executor is not None:
-            await self._executor.stop()
+            await bounded(CLOSE_TIMEOUT_S, self._executor.stop())
         clients = [c for c in (self._consumer, self._producer, self._reports) if c is not None]
-        await asyncio.gather(self.timers.close(CLOSE_TIMEOUT_S), bounded(CLOSE_TIMEOUT_S, *(c.stop() for c in clients)))
+        await asyncio.gather(self.timers.close(), bounded(CLOSE_TIMEOUT_S, *(c.stop() for c in clients)))
         self._store.close()
 
     # -- partitions ----------------------------------------------------------------------------------------
@@ -1009,8 +1006,8 @@ class Worker:
             self._drop_early(self._committing)
             self._unoffer(self._committing)
         self._out_of_sync = True
-        if self._producer is None:
-            return
+        if self._producer is None or self._stopping.is_set():
+            return  # stopping: close() closes the producer, and its successor fences the open transaction
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await self._producer.abort_transaction()

@@ -16,8 +16,8 @@ import pytest
 
 from streams.broker import BrokerConfig, LocalBroker
 from streams.client import Client
+from streams.loop import CLOSE_TIMEOUT_S
 from streams.settings import Settings
-from streams.worker import CLOSE_TIMEOUT_S
 from tests.chaos.harness import Chaos, assert_guarantees
 from tests.support import eventually
 
@@ -98,8 +98,8 @@ async def test_a_worker_stopped_while_its_broker_is_down_exits_within_its_grace_
         worker.proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(worker.proc.wait, 60)
         took = time.monotonic() - began
-        # the grace, then at most CLOSE_TIMEOUT_S for clients and tasks, twice (tasks, then clients)
-        assert took < GRACE_MS / 1000 + 2 * CLOSE_TIMEOUT_S + 3, f"stopped after {took:.1f}s"
+        # the grace, then CLOSE_TIMEOUT_S at most for its tasks, its steps and its clients each
+        assert took < GRACE_MS / 1000 + 3 * CLOSE_TIMEOUT_S + 2, f"stopped after {took:.1f}s"
         assert code == 0, worker.log.read_text()[-3000:]
 
         broker.start(embedded=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 
 from actors.events import Event, StepCompleted, StepScheduled
 from streams.client import Client
+from streams.loop import CLOSE_TIMEOUT_S
 from streams.settings import Settings
 from tests.support import WorkerProcess, completions, eventually, histories
 
@@ -103,4 +106,36 @@ async def test_a_run_asleep_when_its_worker_dies_wakes_under_a_new_worker(settin
         assert {f"nap-{i}": 1 for i in range(5)} == dict(done)
     finally:
         first.stop()
+        second.stop()
+
+
+async def test_a_worker_stopped_while_a_step_blocks_its_thread_still_exits(settings: Settings, tmp_path: Path) -> None:
+    """A sync step that does not return holds a thread, which nothing can stop: the process ends all the same."""
+    journal = tmp_path / "steps.log"
+    journal.touch()
+    grace_ms = 1_000
+    env = {"STEADY_TEST_JOURNAL": str(journal), "STEADY_SHUTDOWN_GRACE_MS": str(grace_ms)}
+    stuck = WorkerProcess(
+        settings, "tests.workflows:app", tmp_path / "worker1.log", {**env, "STEADY_TEST_STEP_SLEEP": "3600"}
+    )
+    second = WorkerProcess(settings, "tests.workflows:app", tmp_path / "worker2.log", env)
+    try:
+        stuck.start()
+        await eventually(lambda: b"assigned partitions" in stuck.log.read_bytes(), timeout=90)
+        async with Client(settings.bootstrap, prefix=settings.prefix) as client:
+            handle = await client.start("journaled", 7, id="stuck-7")
+            await eventually(lambda: journal.read_text().count("\n") >= 1, timeout=60)  # the step sleeps in its thread
+            assert stuck.proc is not None
+            began = time.monotonic()
+            stuck.proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(stuck.proc.wait, 60)
+            took = time.monotonic() - began
+            assert took < grace_ms / 1000 + 3 * CLOSE_TIMEOUT_S + 5, f"exited {took:.1f}s after SIGTERM"
+            assert code == 1, stuck.log.read_text()[-2000:]
+            assert b"exiting now" in stuck.log.read_bytes()
+
+            second.start()  # the unfinished step was not recorded: it runs again, and the run completes
+            assert await handle.result(timeout=120) == ["7-1", "7-2", "7-3", "7-4"]
+    finally:
+        stuck.stop()
         second.stop()

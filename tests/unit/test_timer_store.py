@@ -41,6 +41,19 @@ def test_a_partition_that_ran_empty_sees_its_next_timer(tmp_path: Path) -> None:
     store.close()
 
 
+def test_timers_that_failed_to_fire_stay_due_and_the_floor_is_rebuilt_on_reopen(tmp_path: Path) -> None:
+    store = TimerStore(tmp_path)
+    store.apply(2, [("a", 100, b"a"), ("b", 200, b"b")], 2)
+    assert store.due(2, 150, limit=10) == [("a", b"a")]  # handed out, not forgotten: the firing failed
+    store.apply(2, [("early", 50, b"e")], 3)
+    assert store.due(2, 150, limit=10) == [("early", b"e"), ("a", b"a")]
+    store.close()
+    reopened = TimerStore(tmp_path)
+    assert reopened.next_due(2) == 50
+    assert reopened.next_offset(2) == 3
+    reopened.close()
+
+
 def test_a_moved_timer_is_due_at_its_new_time_only(tmp_path: Path) -> None:
     store = TimerStore(tmp_path)
     store.apply(1, [("a", 100, b"1")], 1)
@@ -54,9 +67,10 @@ def test_a_moved_timer_is_due_at_its_new_time_only(tmp_path: Path) -> None:
 
 ops = st.lists(
     st.one_of(
-        st.tuples(st.just("set"), st.sampled_from("abcdefgh"), st.integers(0, 50)),
-        st.tuples(st.just("cancel"), st.sampled_from("abcdefgh"), st.just(0)),
-        st.tuples(st.just("fire"), st.just(""), st.integers(0, 50)),
+        st.tuples(st.just("set"), st.integers(0, 1), st.sampled_from("abcdefgh"), st.integers(0, 50)),
+        st.tuples(st.just("cancel"), st.integers(0, 1), st.sampled_from("abcdefgh"), st.just(0)),
+        st.tuples(st.just("fire"), st.integers(0, 1), st.just(""), st.integers(0, 50)),
+        st.tuples(st.just("fail"), st.integers(0, 1), st.just(""), st.integers(0, 50)),
     ),
     max_size=60,
 )
@@ -64,23 +78,26 @@ ops = st.lists(
 
 @settings(max_examples=150, deadline=None)
 @given(ops)
-def test_the_store_agrees_with_a_plain_model(script: list[tuple[str, str, int]]) -> None:
-    model: dict[str, int] = {}
+def test_the_store_agrees_with_a_plain_model(script: list[tuple[str, int, str, int]]) -> None:
+    """Two partitions; "fail" reads the due timers and does not forget them (a firing the broker refused)."""
+    model: list[dict[str, int]] = [{}, {}]
     with tempfile.TemporaryDirectory() as tmp:
         store = TimerStore(Path(tmp))
-        for n, (op, key, at) in enumerate(script):
+        for n, (op, p, key, at) in enumerate(script):
             if op == "set":
-                store.apply(0, [(key, at, key.encode())], n)
-                model[key] = at
+                store.apply(p, [(key, at, key.encode())], n)
+                model[p][key] = at
             elif op == "cancel":
-                store.apply(0, [(key, None, None)], n)
-                model.pop(key, None)
+                store.apply(p, [(key, None, None)], n)
+                model[p].pop(key, None)
             else:
-                expected = sorted((due, k) for k, due in model.items() if due <= at)[:3]
-                fired = store.due(0, at, limit=3)
+                expected = sorted((due, k) for k, due in model[p].items() if due <= at)[:3]
+                fired = store.due(p, at, limit=3)
                 assert [k for k, _ in fired] == [k for _, k in expected]
-                store.forget(0, [k for k, _ in fired])
-                for k, _ in fired:
-                    del model[k]
-            assert store.next_due(0) == (min(model.values()) if model else None)
+                if op == "fire":
+                    store.forget(p, [k for k, _ in fired])
+                    for k, _ in fired:
+                        del model[p][k]
+            for q in (0, 1):
+                assert store.next_due(q) == (min(model[q].values()) if model[q] else None)
         store.close()
