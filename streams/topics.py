@@ -6,6 +6,7 @@ one worker owns them together.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -100,8 +101,36 @@ async def partitions_of(bootstrap: str, topic: str) -> list[int]:
     return sorted(p["partition"] for p in described["partitions"])
 
 
+async def settled_ends(
+    bootstrap: str, consumer: AIOKafkaConsumer, tps: list[TopicPartition], *, timeout: float
+) -> dict[TopicPartition, int]:
+    """Where ``tps`` end for the read_committed ``consumer`` once the transactions open at the call have ended.
+
+    A transaction's commit returns before its markers are on every partition it wrote: until they are, the last
+    stable offset stops short of its records, on some partitions and not yet on others. This waits until the last
+    stable offsets reach the ends as of the call (the markers are written, or a dead writer's transaction is
+    aborted after its timeout), ``timeout`` seconds at most, and returns them.
+    """
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_uncommitted")
+    await probe.start()
+    try:
+        written = await probe.end_offsets(tps)
+    finally:
+        await probe.stop()
+    deadline = time.monotonic() + timeout
+    while True:
+        stable = await consumer.end_offsets(tps)
+        if all(stable[tp] >= written[tp] for tp in tps) or time.monotonic() > deadline:
+            return dict(stable)
+        await asyncio.sleep(0.05)
+
+
 async def read_topic(bootstrap: str, topic: str, *, timeout: float = 120.0) -> list[ConsumerRecord]:
-    """Every committed record of ``topic`` from the beginning to its end as of the call, partition by partition."""
+    """Every committed record of ``topic`` from the beginning to its end as of the call, partition by partition.
+
+    The end is taken once the transactions open at the call have ended (:func:`settled_ends`): a transaction seen
+    whole on another topic (a run's completion) is then whole here too (its history).
+    """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
     await consumer.start()
     try:
@@ -109,7 +138,7 @@ async def read_topic(bootstrap: str, topic: str, *, timeout: float = 120.0) -> l
         if not tps:
             return []
         consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
+        ends = await settled_ends(bootstrap, consumer, tps, timeout=timeout / 2)
         for tp, offset in (await consumer.beginning_offsets(tps)).items():
             consumer.seek(tp, offset)
         out: list[ConsumerRecord] = []

@@ -64,7 +64,7 @@ from streams.records import (
 from streams.settings import Settings
 from streams.store import RunStore
 from streams.timers import TimerService
-from streams.topics import RunPartitioner, Topics, ensure_topics, group_consumer
+from streams.topics import RunPartitioner, Topics, ensure_topics, group_consumer, settled_ends
 from streams.trigger import TriggerRunner
 
 logger = logging.getLogger(__name__)
@@ -504,7 +504,10 @@ class Worker:
         try:
             tps = [TopicPartition(self.topics.state, p) for p in partitions]
             consumer.assign(tps)
-            ends = await self._settled_ends(consumer, tps)
+            # a previous owner's last commit may have returned while its markers are still being written
+            ends = await settled_ends(
+                self.settings.bootstrap, consumer, tps, timeout=self.settings.transaction_timeout_ms / 1000 + 30
+            )
             todo = {}
             for tp in tps:
                 start = self._store.next_offset(tp.partition)
@@ -527,27 +530,6 @@ class Worker:
         finally:
             await consumer.stop()
         return restored
-
-    async def _settled_ends(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """The changelog's end once no transaction is pending on it.
-
-        A previous owner's last commit may have returned while its markers are still being written: until
-        then the last stable offset stops short of it, and a restore would miss that state. The new owner
-        waits until the last stable offset reaches the high watermark (the marker is written, or a dead
-        owner's transaction is aborted after ``transaction_timeout_ms``).
-        """
-        probe = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, isolation_level="read_uncommitted")
-        await probe.start()
-        try:
-            deadline = time.monotonic() + self.settings.transaction_timeout_ms / 1000 + 30
-            while True:
-                stable = await consumer.end_offsets(tps)
-                written = await probe.end_offsets(tps)
-                if all(stable[tp] >= written[tp] for tp in tps) or time.monotonic() > deadline:
-                    return dict(stable)
-                await asyncio.sleep(0.05)
-        finally:
-            await probe.stop()
 
     def _flow_control(self) -> None:
         """Stop reading while too many steps wait for a slot; inputs wait in Kafka, which costs no memory.
