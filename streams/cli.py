@@ -39,7 +39,6 @@ from streams import loop as event_loop
 from streams.broker import KAFKA_VERSION, BrokerConfig, BrokerError, LocalBroker, ensure_jars
 from streams.check import check
 from streams.client import Client
-from streams.loop import CLOSE_TIMEOUT_S
 from streams.settings import Settings
 from streams.timeline import format_status, format_table, format_time, format_timeline, payload_text
 from streams.worker import Worker
@@ -106,7 +105,7 @@ async def _serve(worker: Worker) -> None:
     loop = asyncio.get_running_loop()
     # The worker's own stop is bounded; a step still running in a thread (threads cannot be stopped) would hold
     # the process at exit, so the process ends regardless this long after the signal.
-    deadline = worker.settings.shutdown_grace_ms / 1000 + 3 * CLOSE_TIMEOUT_S + 2
+    deadline = worker.longest_stop_s + 2
     watchdog = threading.Timer(deadline, _exit_now, (deadline,))
     watchdog.daemon = True
 

@@ -258,6 +258,11 @@ class Worker:
         if self._failure is not None:
             raise self._failure
 
+    @property
+    def longest_stop_s(self) -> float:
+        """How long a stop may take at most: the grace to commit, then its tasks, its steps and its clients."""
+        return self.settings.shutdown_grace_ms / 1000 + 3 * CLOSE_TIMEOUT_S
+
     async def _shut_down(self, background: list[asyncio.Task[None]]) -> None:
         """Commit what was applied and close, within ``shutdown_grace_ms`` and :data:`CLOSE_TIMEOUT_S`.
 
