@@ -60,7 +60,10 @@ class TimerStore:
         self._db = Rdict(str(path), rocksdb_options())
         self._floor: dict[int, int] = {}
         """Per partition: no live timer is due before this. Reads seek to it, past the deletions of fired timers,
-        which RocksDB keeps (and a seek from the partition's first key would step over) until it compacts."""
+        which RocksDB keeps (and a seek from the partition's first key would step over) until it compacts; and
+        nothing is read while it is still ahead."""
+        self._exact: set[int] = set()
+        """Partitions whose floor is their earliest timer's due time (or says that they have none)."""
 
     def apply(self, partition: int, records: list[tuple[str, int | None, bytes | None]], next_offset: int) -> None:
         """Put (key, due, value) or delete (key, None, None) timers, and move the partition's checkpoint."""
@@ -69,15 +72,19 @@ class TimerStore:
         for key, due, value in records:
             index = _INDEX + _p(partition) + key.encode()
             old = seen[key] if key in seen else self._due_of(index)
+            floor = self._floor.get(partition)
             if old is not None:
                 batch.delete(_DUE + _p(partition) + struct.pack(">Q", old) + key.encode())
+                if old == floor:
+                    self._exact.discard(partition)  # it may have been the earliest
             if due is None or value is None:
                 batch.delete(index)
             else:
                 batch.put(_DUE + _p(partition) + struct.pack(">Q", due) + key.encode(), value)
                 batch.put(index, struct.pack(">Q", due))
-                if partition in self._floor:
-                    self._floor[partition] = min(self._floor[partition], due)
+                if floor is not None and due < floor:
+                    self._floor[partition] = due
+                    self._exact.add(partition)  # the new earliest
             seen[key] = due
         batch.put(_CHECKPOINT + _p(partition), struct.pack(">Q", next_offset))
         self._db.write(batch)
@@ -98,6 +105,8 @@ class TimerStore:
     def due(self, partition: int, now_ms: int, limit: int) -> list[tuple[str, bytes]]:
         """Up to ``limit`` timers of ``partition`` due at ``now_ms``, earliest first."""
         out: list[tuple[str, bytes]] = []
+        if self._floor.get(partition, 0) > now_ms:
+            return out  # nothing due yet: no read at all
         for due, key, value in self._live(partition):
             if due > now_ms or len(out) >= limit:
                 break
@@ -106,6 +115,9 @@ class TimerStore:
 
     def next_due(self, partition: int) -> int | None:
         """When the earliest timer of ``partition`` is due."""
+        if partition in self._exact:
+            floor = self._floor[partition]
+            return None if floor == _NONE_DUE else floor
         for due, _, _ in self._live(partition):
             return due
         return None
@@ -121,10 +133,12 @@ class TimerStore:
             due = int(struct.unpack(">Q", key[len(head) : len(head) + 8])[0])
             if first:
                 self._floor[partition] = due
+                self._exact.add(partition)
                 first = False
             yield due, key[len(head) + 8 :].decode(), bytes(value)
         if first:
             self._floor[partition] = _NONE_DUE
+            self._exact.add(partition)
 
     def count(self, partition: int) -> int:
         """How many live timers ``partition`` holds (scans the partition: for tools and tests)."""
