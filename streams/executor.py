@@ -25,7 +25,7 @@ from aiokafka.structs import RecordMetadata
 from actors.commands import Command, CompleteStep, FailStep
 from actors.context import StepInfo
 from streams.clock import Clock
-from streams.pending import EarlyOutcome
+from streams.pending import EarlyInput
 from streams.records import COMMAND, StepTask
 from streams.steps import StepError, run_step
 
@@ -47,8 +47,8 @@ class StepExecutor:
         threads: int,
         is_current: Callable[[StepTask], bool],
         on_reported: Callable[[Command, RecordMetadata], None] | None = None,
-        take: Callable[[StepTask, Command], EarlyOutcome | None] | None = None,
-        on_early_reported: Callable[[EarlyOutcome, RecordMetadata], None] | None = None,
+        take: Callable[[StepTask, Command], EarlyInput | None] | None = None,
+        on_early_reported: Callable[[EarlyInput, RecordMetadata], None] | None = None,
         clock: Clock,
     ) -> None:
         self._producer = producer

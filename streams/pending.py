@@ -66,16 +66,18 @@ class TaskOffsets:
 
 
 @dataclass(slots=True, eq=False)
-class EarlyOutcome:
-    """A local step's outcome, applied before it was written anywhere.
+class EarlyInput:
+    """A local step's outcome or a timer's firing, applied before it was written anywhere.
 
-    The transaction that commits what it was applied in records it. When its run scheduled no step from it, no
-    inbox record is needed at all. When it did, those steps (:attr:`steps`) must not run on an outcome a crash
-    could lose: the outcome's report is written to the inbox, and they start once it is there, in the inbox's
-    order (else with the commit, like steps held for any other reason).
+    The transaction that commits what it was applied in records it. When its run scheduled steps from it, those
+    steps (:attr:`steps`) must not run on an input a crash could lose: the input is written to the inbox (a
+    step's report, a firing), and they start once it is there, in the inbox's order (else with the commit, like
+    steps held for any other reason). A step outcome from which its run scheduled no step needs no inbox record
+    at all; a firing always has one.
     """
 
-    task: StepTask
+    task: StepTask | None
+    """The step whose outcome it is (``None``: a firing)."""
     command: Command
     pending: Pending
     """What it was applied in."""
@@ -113,8 +115,8 @@ class Pending:
     started: list[LocalStep] = field(default_factory=list)
     """Steps started before this transaction commits, or to start as soon as the outcome they follow is in the
     inbox (their outcomes may still join it)."""
-    early: list[EarlyOutcome] = field(default_factory=list)
-    """Local step outcomes applied before they were written (see :class:`EarlyOutcome`)."""
+    early: list[EarlyInput] = field(default_factory=list)
+    """Local step outcomes and timer firings applied before they were written (see :class:`EarlyInput`)."""
     inputs: int = 0
     """Inbox records applied (the worker reads no more while too many wait for a transaction)."""
     committed: bool = False

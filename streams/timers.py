@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -31,12 +31,17 @@ from actors.commands import Command, FireTimer
 from schemas.codec import CodecError
 from streams.clock import Clock
 from streams.loop import CLOSE_TIMEOUT_S, bounded
+from streams.pending import EarlyInput
 from streams.records import COMMAND, TIMER
 from streams.settings import Settings
 from streams.store import rocksdb_options
 from streams.topics import Topics, group_consumer
 
 logger = logging.getLogger(__name__)
+
+RETRY_FIRST_S = 0.1
+RETRY_LAST_S = 5.0
+"""Firings that could not be written are sent again after RETRY_FIRST_S, doubling up to RETRY_LAST_S."""
 
 HAND_OVER_CHUNK = 25
 """Firings handed to the worker between two chances for other tasks (a commit, the reader) to run."""
@@ -102,24 +107,26 @@ class TimerStore:
         raw = self._db.get(_CHECKPOINT + _p(partition))
         return 0 if raw is None else int(struct.unpack(">Q", raw)[0])
 
-    def due(self, partition: int, now_ms: int, limit: int) -> list[tuple[str, bytes]]:
-        """Up to ``limit`` timers of ``partition`` due at ``now_ms``, earliest first."""
+    def due(self, partition: int, now_ms: int, limit: int, *, skip: Collection[str] = ()) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` timers of ``partition`` due at ``now_ms``, earliest first, but those in ``skip``."""
         out: list[tuple[str, bytes]] = []
         if self._floor.get(partition, 0) > now_ms:
             return out  # nothing due yet: no read at all
         for due, key, value in self._live(partition):
             if due > now_ms or len(out) >= limit:
                 break
-            out.append((key, value))
+            if key not in skip:
+                out.append((key, value))
         return out
 
-    def next_due(self, partition: int) -> int | None:
-        """When the earliest timer of ``partition`` is due."""
-        if partition in self._exact:
+    def next_due(self, partition: int, *, skip: Collection[str] = ()) -> int | None:
+        """When the earliest timer of ``partition`` not in ``skip`` is due."""
+        if partition in self._exact and not skip:
             floor = self._floor[partition]
             return None if floor == _NONE_DUE else floor
-        for due, _, _ in self._live(partition):
-            return due
+        for due, key, _ in self._live(partition):
+            if key not in skip:
+                return due
         return None
 
     def _live(self, partition: int) -> Iterator[tuple[int, str, bytes]]:
@@ -169,8 +176,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 class TimerService:
     """Owns partitions of the timers topic and fires their timers into the inbox when due.
 
-    ``on_fired`` hears of every firing once it is in the inbox (the worker of the same process applies it at
-    once when it owns the run).
+    A firing is handed to ``take`` as soon as it is sent (the worker of the same process applies it at once when
+    it owns the run), and a sweep does not wait for the broker's acknowledgement of the one before. Once a
+    firing is in the inbox, ``on_early_fired`` hears of it if it was taken, else ``on_fired``; if it cannot be
+    written, ``on_lost`` hears of a taken one, and the timer stays due and fires again.
     """
 
     def __init__(
@@ -179,17 +188,30 @@ class TimerService:
         clock: Clock,
         *,
         max_batch: int = 500,
+        take: Callable[[Command], EarlyInput | None] | None = None,
         on_fired: Callable[[Command, RecordMetadata], None] | None = None,
+        on_early_fired: Callable[[EarlyInput, RecordMetadata], None] | None = None,
+        on_lost: Callable[[EarlyInput], None] | None = None,
     ) -> None:
         self.settings = settings
         self.topics = Topics.named(settings.prefix)
         self.clock = clock
         self.max_batch = max_batch
+        """How many firings may be sent and not acknowledged yet."""
         self.owned: set[int] = set()
         self.fired = 0
+        self._take = take
         self._on_fired = on_fired
+        self._on_early_fired = on_early_fired
+        self._on_lost = on_lost
         self.store = TimerStore(settings.state_dir / settings.prefix.rstrip(".") / f"{settings.worker_id}-timers")
         self._wake = asyncio.Event()
+        self._in_flight: dict[int, set[str]] = {}
+        """Per partition: timers whose firings were sent and not acknowledged (they stay in the store till then)."""
+        self._acks: set[asyncio.Task[None]] = set()
+        self._refused: BaseException | None = None
+        """Why the latest firing could not be written: the sweeps back off."""
+        self._backoff = RETRY_FIRST_S
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
 
@@ -219,7 +241,11 @@ class TimerService:
 
     async def run(self) -> None:
         """Ingest timers and fire the due ones until cancelled."""
-        await asyncio.gather(self._ingest(), self._fire_due())
+        try:
+            await asyncio.gather(self._ingest(), self._fire_due())
+        finally:
+            for task in self._acks:
+                task.cancel()
 
     async def _ingest(self) -> None:
         assert self._consumer is not None
@@ -247,68 +273,144 @@ class TimerService:
                 self._wake.set()
 
     async def _fire_due(self) -> None:
-        backoff = 0.1
         while True:
-            now = self.clock.now_ms()
-            fired = 0
-            try:
-                due = {p: timers for p in sorted(self.owned) if (timers := self.store.due(p, now, self.max_batch))}
-                # Every partition at once: a sweep waits for the broker's acknowledgement once, not once per partition
-                # (timers that fall due meanwhile wait for the next sweep).
-                outcomes = await asyncio.gather(*(self._fire(p, t) for p, t in due.items()), return_exceptions=True)
-                for outcome in outcomes:
-                    if isinstance(outcome, BaseException):
-                        raise outcome
-                fired = sum(len(t) for t in due.values())
-                backoff = 0.1
-            except (KafkaError, TimeoutError, OSError) as exc:
+            if self._refused is not None:
                 # The due timers stay in the store and fire when the broker is back.
-                logger.warning("firing timers failed (%s); retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(5.0, backoff * 2)
+                logger.warning("firing timers failed (%s); retrying in %.1fs", self._refused, self._backoff)
+                self._refused = None
+                await asyncio.sleep(self._backoff)
+                self._backoff = min(RETRY_LAST_S, self._backoff * 2)
                 continue
-            if fired:
+            try:
+                sent = await self._sweep()
+            except (KafkaError, TimeoutError, OSError) as exc:
+                self._refused = exc
                 continue
-            heads = [d for d in (self.store.next_due(p) for p in self.owned) if d is not None]
-            delay = 1.0 if not heads else min(1.0, max(0.0, (min(heads) - self.clock.now_ms()) / 1000))
+            if sent:
+                continue
+            flying = sum(len(keys) for keys in self._in_flight.values())
+            heads = [
+                d for p in self.owned if (d := self.store.next_due(p, skip=self._in_flight.get(p, ()))) is not None
+            ]
+            if flying >= self.max_batch or not heads:
+                delay = 1.0  # an acknowledgement wakes the sweep
+            else:
+                delay = min(1.0, max(0.0, (min(heads) - self.clock.now_ms()) / 1000))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):  # not wait_for, which can swallow a cancellation in 3.11
                     await self._wake.wait()
 
+    async def _sweep(self) -> int:
+        """Send the firings of the due timers not in flight, every partition at once; how many were sent."""
+        now = self.clock.now_ms()
+        room = self.max_batch - sum(len(keys) for keys in self._in_flight.values())
+        sent = 0
+        for partition in sorted(self.owned):
+            if room - sent <= 0:
+                break
+            flying = self._in_flight.setdefault(partition, set())
+            due = self.store.due(partition, now, room - sent, skip=flying)
+            if due:
+                await self._fire(partition, due)
+                sent += len(due)
+        return sent
+
     async def _fire(self, partition: int, due: list[tuple[str, bytes]]) -> None:
+        """Send the firings of ``due``, hand each to ``take``, and leave their acknowledgement to a task."""
         assert self._producer is not None
-        sent = []
-        commands = []
-        for key, value in due:
-            record = TIMER.decode(value)
-            command = Command(
-                id=f"fire/{key}",
-                tenant=record.tenant,
-                workflow_id=record.workflow_id,
-                at_ms=self.clock.now_ms(),
-                body=FireTimer(record.timer.id, record.timer.due_ms),
-            )
-            commands.append(command)
-            sent.append(
-                await self._producer.send(
+        flying = self._in_flight[partition]
+        keys = [key for key, _ in due]
+        flying.update(keys)
+        sent: list[asyncio.Future[RecordMetadata]] = []
+        taken: list[EarlyInput | None] = []
+        commands: list[Command] = []
+        try:
+            for n, (key, value) in enumerate(due, 1):
+                record = TIMER.decode(value)
+                command = Command(
+                    id=f"fire/{key}",
+                    tenant=record.tenant,
+                    workflow_id=record.workflow_id,
+                    at_ms=self.clock.now_ms(),
+                    body=FireTimer(record.timer.id, record.timer.due_ms),
+                )
+                future = await self._producer.send(
                     self.topics.inbox,
                     COMMAND.encode(command),
                     key=record.run_key.encode(),
                     partition=partition,
                     headers=COMMAND.headers,
                 )
-            )
-        for key, _ in due:
-            sent.append(await self._producer.send(self.topics.timers, None, key=key.encode(), partition=partition))
-        written = await asyncio.gather(*sent)
-        self.store.forget(partition, [key for key, _ in due])
-        self.fired += len(due)
-        if self._on_fired is not None:
-            for n, (command, meta) in enumerate(zip(commands, written[: len(commands)], strict=True), 1):
-                self._on_fired(command, meta)
+                early = self._take(command) if self._take is not None else None
+                sent.append(future)
+                commands.append(command)
+                taken.append(early)
                 if n % HAND_OVER_CHUNK == 0:
                     await asyncio.sleep(0)  # applying a firing runs its workflow: let commits and readers in between
+        finally:
+            flying.difference_update(keys[len(sent) :])  # not sent (the send failed): due again
+            if sent:
+                self._acknowledge(partition, keys[: len(sent)], commands, sent, taken)
+
+    def _acknowledge(
+        self,
+        partition: int,
+        keys: list[str],
+        commands: list[Command],
+        sent: list[asyncio.Future[RecordMetadata]],
+        taken: list[EarlyInput | None],
+    ) -> None:
+        task = asyncio.create_task(self._acknowledged(partition, keys, commands, sent, taken))
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
+
+    async def _acknowledged(
+        self,
+        partition: int,
+        keys: list[str],
+        commands: list[Command],
+        sent: list[asyncio.Future[RecordMetadata]],
+        taken: list[EarlyInput | None],
+    ) -> None:
+        """Once the firings are in the inbox: forget their timers, tombstone them, and tell who took them."""
+        assert self._producer is not None
+        flying = self._in_flight.setdefault(partition, set())
+        try:
+            written = await asyncio.gather(*sent)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            flying.difference_update(keys)  # still in the store: due again after the back-off
+            self._refused = exc
+            self._wake.set()
+            for early in taken:
+                if early is not None and self._on_lost is not None:
+                    self._on_lost(early)
+            return
+        self.store.forget(partition, keys)
+        flying.difference_update(keys)
+        self.fired += len(keys)
+        self._backoff = RETRY_FIRST_S
+        self._wake.set()
+        for n, (command, meta, early) in enumerate(zip(commands, written, taken, strict=True), 1):
+            if early is not None:
+                if self._on_early_fired is not None:
+                    self._on_early_fired(early, meta)
+            elif self._on_fired is not None:
+                self._on_fired(command, meta)
+            if n % HAND_OVER_CHUNK == 0:
+                await asyncio.sleep(0)  # an offered firing runs its workflow too
+        # Only now that the firings are in the inbox: a timer whose tombstone landed without its firing would be lost
+        # to the next owner. A tombstone that does not land leaves a timer the next owner fires again, for nothing.
+        try:
+            tombstones = [
+                await self._producer.send(self.topics.timers, None, key=key.encode(), partition=partition)
+                for key in keys
+            ]
+            await asyncio.gather(*tombstones)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            logger.warning(
+                "fired timers of partition %d not tombstoned (%s): a next owner fires them again", partition, exc
+            )
 
     async def close(self) -> None:
         """Leave the group and close the store (the clients are given :data:`~streams.loop.CLOSE_TIMEOUT_S`)."""

@@ -46,7 +46,7 @@ from streams.batches import Record
 from streams.clock import Clock, WallClock
 from streams.executor import StepExecutor
 from streams.loop import CLOSE_TIMEOUT_S, bounded
-from streams.pending import EarlyOutcome, LocalStep, Out, Pending, TaskOffsets
+from streams.pending import EarlyInput, LocalStep, Out, Pending, TaskOffsets
 from streams.records import (
     COMMAND,
     COMPLETION,
@@ -120,7 +120,7 @@ class Worker:
         ```
     """
 
-    _taking: EarlyOutcome | None = None
+    _taking: EarlyInput | None = None
     """The local step outcome being applied before it was written (its run's new steps wait for it)."""
 
     def __init__(self, registry: Registry, settings: Settings, *, clock: Clock | None = None) -> None:
@@ -129,7 +129,14 @@ class Worker:
         self.topics = Topics.named(settings.prefix)
         self.actor = Actor(registry, suspended_runs=settings.suspended_runs)
         self.clock: Clock = clock or WallClock()
-        self.timers = TimerService(settings, self.clock, on_fired=self.offer)
+        self.timers = TimerService(
+            settings,
+            self.clock,
+            take=self.take_firing,
+            on_fired=self.offer,
+            on_early_fired=self.early_reported,
+            on_lost=self.early_lost,
+        )
         self.ready = asyncio.Event()
         self._lock = asyncio.Lock()
         """Held while a transaction commits and while partitions change hands."""
@@ -153,8 +160,8 @@ class Worker:
         self._rewind: dict[TopicPartition, int] = {}
         """Per inbox partition: where the reader reads again after dropped work (see :meth:`_drop_open`)."""
         self._task_offsets: dict[TopicPartition, TaskOffsets] = {}
-        self._reporting: dict[str, EarlyOutcome] = {}
-        """Outcomes applied before they were written whose reports are on their way to the inbox, by command id."""
+        self._reporting: dict[str, EarlyInput] = {}
+        """Outcomes and firings applied before they were written, on their way to the inbox, by command id."""
         self._waiting_runs: dict[str, int] = {}
         """Runs with outcomes applied before they were durable, and steps waiting for that: count per run."""
         self._running_local: dict[tuple[str, int, int], LocalStep] = {}
@@ -444,7 +451,7 @@ class Worker:
         for early in dropped.early:
             early.dropped = True
             reported = self._reporting.pop(early.command.id, None) is not None  # read again like any input
-            if not reported and early.release is not None:
+            if not reported and early.task is not None and early.release is not None:
                 # Recorded nowhere else: the attempt must run again. Revokes and failed commits give the partition
                 # up first, and the task is read again from its held-back offset; a drop that keeps the partition
                 # (tests/integration/test_dropped_work.py makes one) runs it again here.
@@ -653,7 +660,7 @@ class Worker:
             pending.first[tp] = min(pending.first.get(tp, offset), offset)
             pending.offered.append((tp, offset))
 
-    def take_outcome(self, task: StepTask, command: Command) -> EarlyOutcome | None:
+    def take_outcome(self, task: StepTask, command: Command) -> EarlyInput | None:
         """Apply the outcome of a step of a run this worker owns before it is written; ``None``: report it first.
 
         The transaction of what it is applied in records it (history, state). If its run scheduled new steps from
@@ -661,6 +668,33 @@ class Worker:
         must not leave a step that ran on an outcome nobody recorded. A run that scheduled none needs no report,
         and its new steps from any later input wait for the commit.
         """
+        early = self._take_early(task, command)
+        if early is None:
+            return None
+        if early.steps:
+            self._expect_in_inbox(early)
+        else:
+            early.settled = True
+            early.pending.held.add(command.key)  # its state holds an outcome only this transaction records
+        step = self._running_local.get(task.attempt_id)
+        if step is not None:
+            step.finished = True  # for the linger: its outcome is in the transaction
+        return early
+
+    def take_firing(self, command: Command) -> EarlyInput | None:
+        """Apply a timer's firing that is being written to the inbox, before it is there; ``None``: offer it then.
+
+        As with a step outcome taken early, the transaction of what it is applied in records it, and its run's new
+        steps wait until the firing is in the inbox (:meth:`early_reported`) or that transaction committed. A
+        firing that could not be written (:meth:`early_lost`) stays due and fires again; the run then drops it.
+        """
+        early = self._take_early(None, command)
+        if early is not None:
+            self._expect_in_inbox(early)
+        return early
+
+    def _take_early(self, task: StepTask | None, command: Command) -> EarlyInput | None:
+        """Apply ``command`` in the open transaction if this worker owns its run and the run takes it now."""
         key = command.key
         partition = self.partition_of(key.encode())
         if partition not in self._restored or self._stopping.is_set():
@@ -668,7 +702,7 @@ class Worker:
         if not self.actor.answers(self._state(partition, key), command):
             return None
         pending = self._open
-        early = EarlyOutcome(task, command, pending)
+        early = EarlyInput(task, command, pending)
         self._taking = early
         try:
             applied = self._handle(command, partition, pending, None)
@@ -677,23 +711,28 @@ class Worker:
         if not applied:
             return None
         pending.early.append(early)
-        if early.steps:
-            self._reporting[command.id] = early
-            self._waiting_runs[key] = self._waiting_runs.get(key, 0) + 1
-        else:
-            early.settled = True
-            pending.held.add(key)  # its state holds an outcome only this transaction records
-        step = self._running_local.get(task.attempt_id)
-        if step is not None:
-            step.finished = True  # for the linger: its outcome is in the transaction
         self._work.set()
         return early
 
-    def early_reported(self, early: EarlyOutcome, meta: RecordMetadata) -> None:
-        """The report of an outcome applied early is in the inbox: its run's waiting steps may start."""
+    def _expect_in_inbox(self, early: EarlyInput) -> None:
+        """``early``'s record is on its way to the inbox: its run's new steps wait until it is there."""
+        key = early.command.key
+        self._reporting[early.command.id] = early
+        self._waiting_runs[key] = self._waiting_runs.get(key, 0) + 1
+
+    def early_lost(self, early: EarlyInput) -> None:
+        """``early``'s record could not be written to the inbox: its run's waiting steps wait for the commit."""
+        if self._reporting.pop(early.command.id, None) is None or early.dropped or early.settled:
+            return
+        early.settled = True
+        self._unwait(early.command.key)
+        early.pending.deferred.extend(early.steps)  # not committed (the commit settles what it holds): starts then
+
+    def early_reported(self, early: EarlyInput, meta: RecordMetadata) -> None:
+        """The record of an input applied early (a report, a firing) is in the inbox: its run's steps may start."""
         self._reported(early, TopicPartition(meta.topic, meta.partition), meta.offset, read=False)
 
-    def _reported(self, early: EarlyOutcome, tp: TopicPartition, offset: int, *, read: bool) -> None:
+    def _reported(self, early: EarlyInput, tp: TopicPartition, offset: int, *, read: bool) -> None:
         """``early``'s report is at ``offset`` of ``tp``: written (``read`` False) or reached by the consumer."""
         if self._reporting.pop(early.command.id, None) is None or early.dropped:
             return  # already seen, or its work was dropped: the record is an ordinary input again

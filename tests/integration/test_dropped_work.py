@@ -10,7 +10,7 @@ from streams.check import check
 from streams.client import Client
 from streams.settings import Settings
 from streams.worker import Worker
-from tests.workflows import Greeting, chain
+from tests.workflows import Greeting, chain, sleeper
 
 pytestmark = pytest.mark.integration
 
@@ -27,5 +27,23 @@ async def test_work_dropped_before_its_commit_is_read_again(worker: Worker, clie
     results = await asyncio.gather(*(h.result(timeout=60) for h in handles))
 
     assert [r["text"] for r in results] == [f"HELLO D{i}" for i in range(40)]
+    report = await check(settings)
+    assert report.ok, report.findings
+
+
+async def test_timer_firings_dropped_before_their_commit_fire_again(
+    worker: Worker, client: Client, settings: Settings
+) -> None:
+    # The worker applies a firing as it is sent, before it is in the inbox: dropped, it is read there like any input.
+    handles = [await client.start(sleeper, 0.1 + 0.05 * (i % 10), id=f"drop-nap-{i}") for i in range(40)]
+    for _ in range(40):
+        await asyncio.sleep(0.02)
+        async with worker._lock:
+            worker._drop_open()
+
+    results = await asyncio.gather(*(h.result(timeout=60) for h in handles))
+
+    assert all(r["slept_ms"] >= 100 and r["after"] == len("AWAKE") for r in results)
+    assert worker.timers.fired >= 40
     report = await check(settings)
     assert report.ok, report.findings
