@@ -82,8 +82,8 @@ BATCH_BYTES = 256 * 1024
 COMMIT_LINGER_S = 0.01
 """How long a transaction may wait for the outcomes of quick steps it started (see ``Worker._linger``)."""
 
-OFFSETS_LAG_S = 1.0
-"""How long consumed offsets may wait for a transaction that must carry them (see ``Worker._commit_open``)."""
+IDLE_COMMIT_S = 1.0
+"""How long consumed offsets without other effects may wait for a transaction."""
 
 TXN_RETRY_BACKOFF_MS = 2
 """Retry delay of the transactional producer's requests.
@@ -177,7 +177,7 @@ class Worker:
         self._producer: AIOKafkaProducer | None = None
         self._reports: AIOKafkaProducer | None = None
         self._executor: StepExecutor | None = None
-        self._offsets_sent = time.monotonic()
+        self._last_commit = time.monotonic()
         self.applied = 0
         self.transactions = 0
         self.transaction_protocol = 0
@@ -349,7 +349,7 @@ class Worker:
             # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a cancellation that races with the
             # wake-up, and the worker would never stop.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(OFFSETS_LAG_S):
+                async with asyncio.timeout(IDLE_COMMIT_S):
                     await self._work.wait()
             self._work.clear()
             await self._linger()
@@ -949,17 +949,13 @@ class Worker:
             nxt = tracked.committable()
             if nxt is not None:
                 pending.offsets[tp] = nxt
-        # The offsets of inputs the reader applied are committed with their effects. The others (step tasks read
-        # back, step outcomes and timer firings applied when written, records skipped for that) may wait up to
-        # OFFSETS_LAG_S: read again after a crash, the actor drops them as stale or duplicate. Each transaction
-        # without them saves a round trip to the group coordinator, and the broker a write.
-        lagging = time.monotonic() - self._offsets_sent > OFFSETS_LAG_S
+        # Offsets alone (step tasks read back, records applied when written) wait for a transaction with effects
+        # or for a quiet second: reading them again after a crash changes nothing.
+        idle = time.monotonic() - self._last_commit > IDLE_COMMIT_S
         full = pending.inputs >= self.settings.max_batch  # the reader waits for this one to be taken
-        if not pending.has_effects and not (pending.offsets and (lagging or force or full)):
+        if not pending.has_effects and not (pending.offsets and (idle or force or full)):
             return
         self._open = Pending()
-        if not (pending.inputs or lagging or force):
-            self._open.offsets, pending.offsets = pending.offsets, {}  # later offsets of the same partitions win
         self._room.set()
         self._committing = pending
         try:
@@ -969,8 +965,7 @@ class Worker:
             raise
         finally:
             self._committing = None
-        if pending.offsets:
-            self._offsets_sent = time.monotonic()
+        self._last_commit = time.monotonic()
 
     async def _commit(self, pending: Pending) -> None:
         if self._producer is None:
