@@ -955,6 +955,14 @@ class Worker:
         full = pending.inputs >= self.settings.max_batch  # the reader waits for this one to be taken
         if not pending.has_effects and not (pending.offsets and (idle or force or full)):
             return
+        if not pending.offsets:
+            # Only inputs taken before they were written (step outcomes, firings): the transaction still commits
+            # an offset, the one it would have committed, because the broker refuses the offsets of a member the
+            # group dropped and the whole transaction with them. Without that fence, a worker whose session
+            # expired could commit after the partitions' next owner restored them.
+            for tp, position in self._consumed.items():
+                pending.offsets[tp] = position  # every input before it is committed already, or in this one
+                break
         self._open = Pending()
         self._room.set()
         self._committing = pending

@@ -6,6 +6,7 @@ With either of Kafka's transaction protocols (:mod:`streams.txn_v2`).
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -13,7 +14,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import ProducerFenced, UnknownMemberIdError
 
 from streams import fencing, txn_v2
+from streams.client import Client
+from streams.worker import Worker
 from tests.support import eventually
+from tests.workflows import Greeting, chain, sleeper
 
 pytestmark = pytest.mark.integration
 
@@ -128,3 +132,27 @@ async def test_a_producer_whose_transactional_id_was_taken_is_fenced_on_commit(
     finally:
         await old.stop()
         await new.stop()
+
+
+async def test_every_worker_transaction_carries_offsets_its_fence(
+    worker: Worker, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One run at a time: step outcomes and firings are taken before they are written, so some transactions hold
+    # no input the reader applied. They must still commit an offset, or the group could not fence them.
+    fenced = 0
+    send_offsets = fencing.send_offsets
+
+    async def counted(*args: Any, **kwargs: Any) -> None:
+        nonlocal fenced
+        fenced += 1
+        await send_offsets(*args, **kwargs)
+
+    monkeypatch.setattr(fencing, "send_offsets", counted)
+    before = worker.transactions
+    for i in range(5):
+        await (await client.start(chain, Greeting(name=f"f{i}"), id=f"fence-chain-{i}")).result(timeout=30)
+        await (await client.start(sleeper, 0.05, id=f"fence-nap-{i}")).result(timeout=30)
+    await asyncio.sleep(0.5)  # the last transaction's bookkeeping
+
+    assert worker.transactions - before >= 10
+    assert fenced == worker.transactions - before
