@@ -212,6 +212,8 @@ class TimerService:
         self._refused: BaseException | None = None
         """Why the latest firing could not be written: the sweeps back off."""
         self._backoff = RETRY_FIRST_S
+        self._broken: BaseException | None = None
+        """What an acknowledgement task failed with, beyond the broker's refusals."""
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
 
@@ -244,8 +246,10 @@ class TimerService:
         try:
             await asyncio.gather(self._ingest(), self._fire_due())
         finally:
-            for task in self._acks:
+            acks = list(self._acks)
+            for task in acks:
                 task.cancel()
+            await asyncio.gather(*acks, return_exceptions=True)
 
     async def _ingest(self) -> None:
         assert self._consumer is not None
@@ -274,6 +278,8 @@ class TimerService:
 
     async def _fire_due(self) -> None:
         while True:
+            if self._broken is not None:
+                raise self._broken
             if self._refused is not None:
                 # The due timers stay in the store and fire when the broker is back.
                 logger.warning("firing timers failed (%s); retrying in %.1fs", self._refused, self._backoff)
@@ -363,7 +369,13 @@ class TimerService:
     ) -> None:
         task = asyncio.create_task(self._acknowledged(partition, keys, commands, sent, taken))
         self._acks.add(task)
-        task.add_done_callback(self._acks.discard)
+        task.add_done_callback(self._acknowledgement_ended)
+
+    def _acknowledgement_ended(self, task: asyncio.Task[None]) -> None:
+        self._acks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._broken = task.exception()  # the sweeps raise it: the service stops, and its worker with it
+            self._wake.set()
 
     async def _acknowledged(
         self,
@@ -373,30 +385,36 @@ class TimerService:
         sent: list[asyncio.Future[RecordMetadata]],
         taken: list[EarlyInput | None],
     ) -> None:
-        """Once the firings are in the inbox: forget their timers, tombstone them, and tell who took them."""
+        """Once the firings are in the inbox: forget their timers, tombstone them, and tell who took them.
+
+        A firing that could not be written leaves its timer in the store, due again after the back-off.
+        """
         assert self._producer is not None
         flying = self._in_flight.setdefault(partition, set())
-        try:
-            written = await asyncio.gather(*sent)
-        except (KafkaError, TimeoutError, OSError) as exc:
-            flying.difference_update(keys)  # still in the store: due again after the back-off
-            self._refused = exc
-            self._wake.set()
-            for early in taken:
+        outcomes = await asyncio.gather(*sent, return_exceptions=True)
+        landed: list[str] = []
+        for key, outcome, early in zip(keys, outcomes, taken, strict=True):
+            if isinstance(outcome, BaseException):
+                self._refused = outcome
                 if early is not None and self._on_lost is not None:
                     self._on_lost(early)
-            return
-        self.store.forget(partition, keys)
+            else:
+                landed.append(key)
+        if landed:
+            self.store.forget(partition, landed)
+            self.fired += len(landed)
+        if len(landed) == len(keys):
+            self._backoff = RETRY_FIRST_S
         flying.difference_update(keys)
-        self.fired += len(keys)
-        self._backoff = RETRY_FIRST_S
         self._wake.set()
-        for n, (command, meta, early) in enumerate(zip(commands, written, taken, strict=True), 1):
+        for n, (command, outcome, early) in enumerate(zip(commands, outcomes, taken, strict=True), 1):
+            if isinstance(outcome, BaseException):
+                continue
             if early is not None:
                 if self._on_early_fired is not None:
-                    self._on_early_fired(early, meta)
+                    self._on_early_fired(early, outcome)
             elif self._on_fired is not None:
-                self._on_fired(command, meta)
+                self._on_fired(command, outcome)
             if n % HAND_OVER_CHUNK == 0:
                 await asyncio.sleep(0)  # an offered firing runs its workflow too
         # Only now that the firings are in the inbox: a timer whose tombstone landed without its firing would be lost
@@ -404,7 +422,7 @@ class TimerService:
         try:
             tombstones = [
                 await self._producer.send(self.topics.timers, None, key=key.encode(), partition=partition)
-                for key in keys
+                for key in landed
             ]
             await asyncio.gather(*tombstones)
         except (KafkaError, TimeoutError, OSError) as exc:
