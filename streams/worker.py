@@ -121,7 +121,7 @@ class Worker:
     """
 
     _taking: EarlyInput | None = None
-    """The local step outcome being applied before it was written (its run's new steps wait for it)."""
+    """The step outcome or firing being applied before it was written (its run's new steps wait for it)."""
 
     def __init__(self, registry: Registry, settings: Settings, *, clock: Clock | None = None) -> None:
         self.registry = registry
@@ -493,6 +493,7 @@ class Worker:
             self._cache.clear()
             self._forget(assigned)
             restored = await self._restore(partitions)
+            await self._resume_at_committed({tp for tp in assigned if tp.topic == self.topics.inbox})
             self._restored |= set(partitions)
         logger.info(
             "assigned partitions %s; restored %d state records in %.2fs",
@@ -501,6 +502,22 @@ class Worker:
             time.monotonic() - began,
         )
         self.ready.set()
+
+    async def _resume_at_committed(self, inbox: set[TopicPartition]) -> None:
+        """Start the consumed positions of ``inbox`` partitions at the group's committed offsets.
+
+        The reader resumes there, so every input before is applied. Knowing it before the first read places
+        inputs offered at that offset in order, and gives a transaction of inputs taken before they were written
+        an offset to commit again: its fence (see :meth:`_commit_open`).
+        """
+        assert self._consumer is not None
+        try:
+            for tp in inbox:
+                offset = await self._consumer.committed(tp)
+                if offset is not None and offset >= 0:
+                    self._consumed[tp] = offset
+        except (KafkaError, OSError, TimeoutError) as exc:
+            logger.warning("committed offsets of %s unknown (%s); positions follow the first reads", inbox, exc)
 
     async def _restore(self, partitions: list[int]) -> int:
         if not partitions:
@@ -740,6 +757,9 @@ class Worker:
         in_order = read or self._consumed.get(tp) == offset
         if not read:
             self._applied_ahead(tp, offset, None if pending.committed else pending, in_order=in_order)
+        if not in_order and not pending.committed:
+            # It landed after records of its run not read yet, which it overtook: a new owner would apply them first.
+            pending.held.add(early.command.key)
         if early.settled:
             return
         early.settled = True
@@ -1062,13 +1082,16 @@ class Worker:
             assigned = self._consumer.assignment()
             partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topics.inbox)
             await self._restore(partitions)
+            committed: dict[TopicPartition, int] = {}
             for tp in assigned:
                 offset = await self._consumer.committed(tp)
                 if offset is None or offset < 0:
                     await self._consumer.seek_to_beginning(tp)
                 else:
                     self._consumer.seek(tp, offset)
+                    committed[tp] = offset
             self._forget(assigned)
+            self._consumed.update((tp, o) for tp, o in committed.items() if tp.topic == self.topics.inbox)
             self._cache.clear()
             self._restored = set(partitions)
             self._out_of_sync = False

@@ -136,6 +136,18 @@ async def run_sleeper(ctx: Context, seconds: float) -> dict[str, int]:
 
 app.add(sleeper)
 
+napper = Workflow("napper")
+
+
+@napper.main
+async def run_napper(ctx: Context, seconds: float) -> str:
+    """Sleeps, then runs a step; it reads no clock, so the step may start as soon as the firing is in the inbox."""
+    await ctx.sleep("nap", timedelta(seconds=seconds))
+    return await ctx.step("after", shout, "awake")
+
+
+app.add(napper)
+
 
 class Approval(BaseModel):
     approver: str

@@ -6,7 +6,6 @@ With either of Kafka's transaction protocols (:mod:`streams.txn_v2`).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -15,9 +14,10 @@ from aiokafka.errors import ProducerFenced, UnknownMemberIdError
 
 from streams import fencing, txn_v2
 from streams.client import Client
+from streams.pending import Pending
 from streams.worker import Worker
 from tests.support import eventually
-from tests.workflows import Greeting, chain, sleeper
+from tests.workflows import Greeting, chain, napper
 
 pytestmark = pytest.mark.integration
 
@@ -134,25 +134,30 @@ async def test_a_producer_whose_transactional_id_was_taken_is_fenced_on_commit(
         await new.stop()
 
 
-async def test_every_worker_transaction_carries_offsets_its_fence(
-    worker: Worker, client: Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # One run at a time: step outcomes and firings are taken before they are written, so some transactions hold
-    # no input the reader applied. They must still commit an offset, or the group could not fence them.
-    fenced = 0
-    send_offsets = fencing.send_offsets
+async def test_every_worker_transaction_carries_offsets_its_fence(worker: Worker, client: Client) -> None:
+    # Step outcomes and firings are taken before they are written, so some transactions hold no input the reader
+    # applied. They must still commit an offset, or the group could not fence them; also right after a resync,
+    # before the reader has read anything.
+    commits: list[Pending] = []
+    commit = worker._commit
 
-    async def counted(*args: Any, **kwargs: Any) -> None:
-        nonlocal fenced
-        fenced += 1
-        await send_offsets(*args, **kwargs)
+    async def recorded(pending: Pending) -> None:
+        commits.append(pending)
+        await commit(pending)
 
-    monkeypatch.setattr(fencing, "send_offsets", counted)
-    before = worker.transactions
+    worker._commit = recorded  # type: ignore[method-assign]
     for i in range(5):
         await (await client.start(chain, Greeting(name=f"f{i}"), id=f"fence-chain-{i}")).result(timeout=30)
-        await (await client.start(sleeper, 0.05, id=f"fence-nap-{i}")).result(timeout=30)
-    await asyncio.sleep(0.5)  # the last transaction's bookkeeping
+    naps = [await client.start(napper, 4.0, id=f"fence-nap-{i}") for i in range(5)]
+    asleep = await asyncio.gather(*(eventually(nap.status, timeout=15, interval=0.05) for nap in naps))
+    assert all(state.timers for state in asleep)  # committed, and not due yet
+    async with worker._lock:  # what a failed commit does: the worker then reloads its partitions and offsets
+        worker._restored.clear()
+        worker._drop_open()
+        worker._out_of_sync = True
+    worker._work.set()
+    assert await asyncio.gather(*(h.result(timeout=30) for h in naps)) == ["AWAKE"] * 5
 
-    assert worker.transactions - before >= 10
-    assert fenced == worker.transactions - before
+    with_effects = [p for p in commits if p.has_effects]
+    assert len(with_effects) >= 10
+    assert [p for p in with_effects if not p.offsets] == []
