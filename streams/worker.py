@@ -743,6 +743,7 @@ class Worker:
             return
         early.settled = True
         self._unwait(early.command.key)
+        early.pending.held.add(early.command.key)  # the transaction is its only record: the run's steps wait for it
         early.pending.deferred.extend(early.steps)  # not committed (the commit settles what it holds): starts then
 
     def early_reported(self, early: EarlyInput, meta: RecordMetadata) -> None:
@@ -757,8 +758,9 @@ class Worker:
         in_order = read or self._consumed.get(tp) == offset
         if not read:
             self._applied_ahead(tp, offset, None if pending.committed else pending, in_order=in_order)
-        if not in_order and not pending.committed:
-            # It landed after records of its run not read yet, which it overtook: a new owner would apply them first.
+        if (not in_order or early.overtaken) and not pending.committed:
+            # It landed after inputs of its run that were applied after it (overtaken) or are not read yet: a new
+            # owner would apply those first, so the run's new steps wait for the commit.
             pending.held.add(early.command.key)
         if early.settled:
             return
