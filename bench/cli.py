@@ -110,8 +110,8 @@ def run_workload(
     print(f"{label} {SUMMARY[name]}", flush=True)
     folder = work / f"{setting.name}-{name}"
     entry: dict[str, Any] = {"system": "steady", "setting": setting.name, "workload": name}
-    # The previous workload's broker data was just deleted, and the kernel may still be writing it back: let it
-    # finish before this one starts, so that its disk work does not land inside this measurement.
+    # The previous workload's broker ran and was deleted just now: flush what the kernel still has to write for it
+    # (metadata, logs) before this one starts, so that its disk work does not land inside this measurement.
     os.sync()
     began = time.monotonic()
     try:
