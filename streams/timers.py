@@ -243,13 +243,14 @@ class TimerService:
 
     async def run(self) -> None:
         """Ingest timers and fire the due ones until cancelled."""
+        parts = [asyncio.create_task(self._ingest()), asyncio.create_task(self._fire_due())]
         try:
-            await asyncio.gather(self._ingest(), self._fire_due())
+            await asyncio.gather(*parts)
         finally:
-            acks = list(self._acks)
-            for task in acks:
+            tasks = parts + list(self._acks)  # when one part fails, the other must not run on
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*acks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _ingest(self) -> None:
         assert self._consumer is not None

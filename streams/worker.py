@@ -85,6 +85,9 @@ COMMIT_LINGER_S = 0.01
 IDLE_COMMIT_S = 1.0
 """How long consumed offsets without other effects may wait for a transaction."""
 
+COMMITTED_TIMEOUT_S = 10.0
+"""How long a worker taking partitions over waits for the group's committed offsets (else it learns them by reading)."""
+
 TXN_RETRY_BACKOFF_MS = 2
 """Retry delay of the transactional producer's requests.
 
@@ -512,10 +515,11 @@ class Worker:
         """
         assert self._consumer is not None
         try:
-            for tp in inbox:
-                offset = await self._consumer.committed(tp)
-                if offset is not None and offset >= 0:
-                    self._consumed[tp] = offset
+            async with asyncio.timeout(COMMITTED_TIMEOUT_S):  # aiokafka retries while the coordinator is away
+                for tp in inbox:
+                    offset = await self._consumer.committed(tp)
+                    if offset is not None and offset >= 0:
+                        self._consumed[tp] = offset
         except (KafkaError, OSError, TimeoutError) as exc:
             logger.warning("committed offsets of %s unknown (%s); positions follow the first reads", inbox, exc)
 
