@@ -295,11 +295,10 @@ class TimerService:
                 continue
             if sent:
                 continue
-            flying = sum(len(keys) for keys in self._in_flight.values())
             heads = [
                 d for p in self.owned if (d := self.store.next_due(p, skip=self._in_flight.get(p, ()))) is not None
             ]
-            if flying >= self.max_batch or not heads:
+            if self._flying() >= self.max_batch or not heads:
                 delay = 1.0  # an acknowledgement wakes the sweep
             else:
                 delay = min(1.0, max(0.0, (min(heads) - self.clock.now_ms()) / 1000))
@@ -311,7 +310,7 @@ class TimerService:
     async def _sweep(self) -> int:
         """Send the firings of the due timers not in flight, every partition at once; how many were sent."""
         now = self.clock.now_ms()
-        room = self.max_batch - sum(len(keys) for keys in self._in_flight.values())
+        room = self.max_batch - self._flying()
         sent = 0
         for partition in sorted(self.owned):
             if room - sent <= 0:
@@ -322,6 +321,10 @@ class TimerService:
                 await self._fire(partition, due)
                 sent += len(due)
         return sent
+
+    def _flying(self) -> int:
+        """Firings sent and not acknowledged yet."""
+        return sum(len(keys) for keys in self._in_flight.values())
 
     async def _fire(self, partition: int, due: list[tuple[str, bytes]]) -> None:
         """Send the firings of ``due``, hand each to ``take``, and leave their acknowledgement to a task."""
@@ -393,29 +396,28 @@ class TimerService:
         assert self._producer is not None
         flying = self._in_flight.setdefault(partition, set())
         outcomes = await asyncio.gather(*sent, return_exceptions=True)
-        landed: list[str] = []
-        for key, outcome, early in zip(keys, outcomes, taken, strict=True):
-            if isinstance(outcome, BaseException):
-                self._refused = outcome
-                if early is not None and self._on_lost is not None:
-                    self._on_lost(early)
-            else:
-                landed.append(key)
-        if landed:
-            self.store.forget(partition, landed)
-            self.fired += len(landed)
-        if len(landed) == len(keys):
+        landed: list[tuple[str, Command, RecordMetadata, EarlyInput | None]] = []
+        for key, command, outcome, early in zip(keys, commands, outcomes, taken, strict=True):
+            if not isinstance(outcome, BaseException):
+                landed.append((key, command, outcome, early))
+                continue
+            self._refused = outcome
+            if early is not None and self._on_lost is not None:
+                self._on_lost(early)
+        fired = [key for key, _, _, _ in landed]
+        if fired:
+            self.store.forget(partition, fired)
+            self.fired += len(fired)
+        if len(fired) == len(keys):
             self._backoff = RETRY_FIRST_S
         flying.difference_update(keys)
         self._wake.set()
-        for n, (command, outcome, early) in enumerate(zip(commands, outcomes, taken, strict=True), 1):
-            if isinstance(outcome, BaseException):
-                continue
+        for n, (_, command, meta, early) in enumerate(landed, 1):
             if early is not None:
                 if self._on_early_fired is not None:
-                    self._on_early_fired(early, outcome)
+                    self._on_early_fired(early, meta)
             elif self._on_fired is not None:
-                self._on_fired(command, outcome)
+                self._on_fired(command, meta)
             if n % HAND_OVER_CHUNK == 0:
                 await asyncio.sleep(0)  # an offered firing runs its workflow too
         # Only now that the firings are in the inbox: a timer whose tombstone landed without its firing would be lost
@@ -423,7 +425,7 @@ class TimerService:
         try:
             tombstones = [
                 await self._producer.send(self.topics.timers, None, key=key.encode(), partition=partition)
-                for key in landed
+                for key in fired
             ]
             await asyncio.gather(*tombstones)
         except (KafkaError, TimeoutError, OSError) as exc:

@@ -771,8 +771,7 @@ class Worker:
         early.settled = True
         key = early.command.key
         self._unwait(key)
-        durable_in_order = in_order and not early.overtaken and self._may_start_now(key)
-        if durable_in_order or pending.committed:
+        if pending.committed or self._may_start_now(key):  # held above if it did not land in order
             for step in early.steps:
                 self._start(step)
         else:
