@@ -69,6 +69,12 @@ class TimerStore:
         nothing is read while it is still ahead."""
         self._exact: set[int] = set()
         """Partitions whose floor is their earliest timer's due time (or says that they have none)."""
+        self._handed: dict[int, bytes] = {}
+        """Per partition: the last timer :meth:`due` handed out; the next call reads on from after it. Those up to
+        it are out (their firings in flight) until forgotten, or handed out again after :meth:`release`."""
+        self._ahead: dict[int, int] = {}
+        """Per partition: when the first timer not handed out is due (known from the last read). While it is ahead
+        of now, :meth:`due` reads nothing."""
 
     def apply(self, partition: int, records: list[tuple[str, int | None, bytes | None]], next_offset: int) -> None:
         """Put (key, due, value) or delete (key, None, None) timers, and move the partition's checkpoint."""
@@ -82,14 +88,22 @@ class TimerStore:
                 batch.delete(_DUE + _p(partition) + struct.pack(">Q", old) + key.encode())
                 if old == floor:
                     self._exact.discard(partition)  # it may have been the earliest
+                if old == self._ahead.get(partition):
+                    del self._ahead[partition]  # it may have been the first not handed out
             if due is None or value is None:
                 batch.delete(index)
             else:
-                batch.put(_DUE + _p(partition) + struct.pack(">Q", due) + key.encode(), value)
+                at = _DUE + _p(partition) + struct.pack(">Q", due) + key.encode()
+                batch.put(at, value)
                 batch.put(index, struct.pack(">Q", due))
                 if floor is not None and due < floor:
                     self._floor[partition] = due
                     self._exact.add(partition)  # the new earliest
+                handed = self._handed.get(partition)
+                if handed is not None and at <= handed:
+                    self.release(partition)  # among those handed out already: read from the floor again
+                elif partition in self._ahead and due < self._ahead[partition]:
+                    self._ahead[partition] = due
             seen[key] = due
         batch.put(_CHECKPOINT + _p(partition), struct.pack(">Q", next_offset))
         self._db.write(batch)
@@ -108,41 +122,60 @@ class TimerStore:
         return 0 if raw is None else int(struct.unpack(">Q", raw)[0])
 
     def due(self, partition: int, now_ms: int, limit: int, *, skip: Collection[str] = ()) -> list[tuple[str, bytes]]:
-        """Up to ``limit`` timers of ``partition`` due at ``now_ms``, earliest first, but those in ``skip``."""
+        """Hand out up to ``limit`` timers of ``partition`` due at ``now_ms``, earliest first, but those in ``skip``.
+
+        A timer handed out is not handed out again until it is forgotten (it fired) or the partition is released
+        (its firing failed). Timers in ``skip`` count as handed out.
+        """
         out: list[tuple[str, bytes]] = []
-        if self._floor.get(partition, 0) > now_ms:
+        if self._floor.get(partition, 0) > now_ms or self._ahead.get(partition, 0) > now_ms:
             return out  # nothing due yet: no read at all
-        for due, key, value in self._live(partition):
+        for due, key, at, value in self._live(partition, after=self._handed.get(partition)):
             if due > now_ms or len(out) >= limit:
-                break
+                self._ahead[partition] = due
+                return out
+            self._handed[partition] = at
             if key not in skip:
                 out.append((key, value))
+        self._ahead[partition] = _NONE_DUE
         return out
 
+    def release(self, partition: int) -> None:
+        """Hand out the timers of ``partition`` not forgotten since again: their firings were not written."""
+        self._handed.pop(partition, None)
+        self._ahead.pop(partition, None)
+
     def next_due(self, partition: int, *, skip: Collection[str] = ()) -> int | None:
-        """When the earliest timer of ``partition`` not in ``skip`` is due."""
-        if partition in self._exact and not skip:
+        """When the earliest timer of ``partition`` not handed out (nor in ``skip``) is due."""
+        if partition in self._ahead:
+            ahead = self._ahead[partition]
+            return None if ahead == _NONE_DUE else ahead
+        if partition in self._exact and partition not in self._handed and not skip:
             floor = self._floor[partition]
             return None if floor == _NONE_DUE else floor
-        for due, key, _ in self._live(partition):
+        for due, key, _, _ in self._live(partition, after=self._handed.get(partition)):
             if key not in skip:
                 return due
         return None
 
-    def _live(self, partition: int) -> Iterator[tuple[int, str, bytes]]:
-        """(due, key, value) of the partition's timers, earliest first, from the floor on (which follows the head)."""
+    def _live(self, partition: int, *, after: bytes | None) -> Iterator[tuple[int, str, bytes, bytes]]:
+        """(due, key, store key, value) of the partition's timers, earliest first, from the floor on (which follows
+        the head) or from after the store key ``after``."""
         head = _DUE + _p(partition)
-        first = True
-        for raw_key, value in self._db.items(from_key=head + struct.pack(">Q", self._floor.get(partition, 0))):
-            key = bytes(raw_key)  # type: ignore[arg-type]  # raw mode: bytes
-            if not key.startswith(head):
+        first = after is None
+        start = head + struct.pack(">Q", self._floor.get(partition, 0)) if after is None else after
+        for raw_key, value in self._db.items(from_key=start):
+            at = bytes(raw_key)  # type: ignore[arg-type]  # raw mode: bytes
+            if at == after:
+                continue
+            if not at.startswith(head):
                 break
-            due = int(struct.unpack(">Q", key[len(head) : len(head) + 8])[0])
+            due = int(struct.unpack(">Q", at[len(head) : len(head) + 8])[0])
             if first:
                 self._floor[partition] = due
                 self._exact.add(partition)
                 first = False
-            yield due, key[len(head) + 8 :].decode(), bytes(value)
+            yield due, at[len(head) + 8 :].decode(), at, bytes(value)
         if first:
             self._floor[partition] = _NONE_DUE
             self._exact.add(partition)
@@ -233,6 +266,7 @@ class TimerService:
         assert self._consumer is not None
         for tp in assigned:
             self._consumer.seek(tp, self.store.next_offset(tp.partition))
+            self.store.release(tp.partition)
         self.owned |= {tp.partition for tp in assigned}
         self._wake.set()
         logger.info("timer partitions %s", sorted(self.owned))
@@ -359,7 +393,9 @@ class TimerService:
                 if n % HAND_OVER_CHUNK == 0:
                     await asyncio.sleep(0)  # applying a firing runs its workflow: let commits and readers in between
         finally:
-            flying.difference_update(keys[len(sent) :])  # not sent (the send failed): due again
+            if len(sent) < len(keys):
+                flying.difference_update(keys[len(sent) :])  # not sent (the send failed): due again
+                self.store.release(partition)
             if sent:
                 self._acknowledge(partition, keys[: len(sent)], commands, sent, taken)
 
@@ -402,6 +438,7 @@ class TimerService:
                 landed.append((key, command, outcome, early))
                 continue
             self._refused = outcome
+            self.store.release(partition)  # due again
             if early is not None and self._on_lost is not None:
                 self._on_lost(early)
         fired = [key for key, _, _, _ in landed]

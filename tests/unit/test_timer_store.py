@@ -44,8 +44,13 @@ def test_a_partition_that_ran_empty_sees_its_next_timer(tmp_path: Path) -> None:
 def test_timers_that_failed_to_fire_stay_due_and_the_floor_is_rebuilt_on_reopen(tmp_path: Path) -> None:
     store = TimerStore(tmp_path)
     store.apply(2, [("a", 100, b"a"), ("b", 200, b"b")], 2)
-    assert store.due(2, 150, limit=10) == [("a", b"a")]  # handed out, not forgotten: the firing failed
-    store.apply(2, [("early", 50, b"e")], 3)
+    assert store.due(2, 150, limit=10) == [("a", b"a")]
+    assert store.due(2, 150, limit=10) == []  # handed out: its firing is on its way
+    assert store.next_due(2) == 200
+    store.release(2)  # the firing failed
+    assert store.next_due(2) == 100
+    assert store.due(2, 150, limit=10) == [("a", b"a")]
+    store.apply(2, [("early", 50, b"e")], 3)  # due before one handed out: those are handed out again
     assert store.due(2, 150, limit=10) == [("early", b"e"), ("a", b"a")]
     store.close()
     reopened = TimerStore(tmp_path)
@@ -69,8 +74,8 @@ ops = st.lists(
     st.one_of(
         st.tuples(st.just("set"), st.integers(0, 1), st.sampled_from("abcdefgh"), st.integers(0, 50)),
         st.tuples(st.just("cancel"), st.integers(0, 1), st.sampled_from("abcdefgh"), st.just(0)),
-        st.tuples(st.just("fire"), st.integers(0, 1), st.just(""), st.integers(0, 50)),
-        st.tuples(st.just("fail"), st.integers(0, 1), st.just(""), st.integers(0, 50)),
+        st.tuples(st.sampled_from(["fire", "send"]), st.integers(0, 1), st.just(""), st.integers(0, 50)),
+        st.tuples(st.sampled_from(["fail", "land"]), st.integers(0, 1), st.just(""), st.just(0)),
     ),
     max_size=60,
 )
@@ -79,25 +84,49 @@ ops = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(ops)
 def test_the_store_agrees_with_a_plain_model(script: list[tuple[str, int, str, int]]) -> None:
-    """Two partitions; "fail" reads the due timers and does not forget them (a firing the broker refused)."""
-    model: list[dict[str, int]] = [{}, {}]
+    """Two partitions. "fire" hands out the due timers and forgets them; "send" only hands them out (firings in
+    flight), "land" forgets those, "fail" releases them (the broker refused them). Setting a timer due before the
+    last one handed out hands those out again."""
+    timers: list[dict[str, int]] = [{}, {}]
+    out: list[set[str]] = [set(), set()]
+    last: list[tuple[int, str] | None] = [None, None]  # the last timer handed out, per partition
     with tempfile.TemporaryDirectory() as tmp:
         store = TimerStore(Path(tmp))
         for n, (op, p, key, at) in enumerate(script):
             if op == "set":
                 store.apply(p, [(key, at, key.encode())], n)
-                model[p][key] = at
+                timers[p][key] = at
+                out[p].discard(key)
+                cursor = last[p]
+                if cursor is not None and (at, key) <= cursor:
+                    out[p].clear()
+                    last[p] = None
             elif op == "cancel":
                 store.apply(p, [(key, None, None)], n)
-                model[p].pop(key, None)
+                timers[p].pop(key, None)
+                out[p].discard(key)
+            elif op == "fail":
+                store.release(p)
+                out[p].clear()
+                last[p] = None
+            elif op == "land":
+                store.forget(p, sorted(out[p]))
+                for k in out[p]:
+                    del timers[p][k]
+                out[p].clear()
             else:
-                expected = sorted((due, k) for k, due in model[p].items() if due <= at)[:3]
+                expected = sorted((due, k) for k, due in timers[p].items() if due <= at and k not in out[p])[:3]
                 fired = store.due(p, at, limit=3)
                 assert [k for k, _ in fired] == [k for _, k in expected]
+                if expected:
+                    last[p] = expected[-1]
                 if op == "fire":
                     store.forget(p, [k for k, _ in fired])
                     for k, _ in fired:
-                        del model[p][k]
+                        del timers[p][k]
+                else:
+                    out[p].update(k for k, _ in fired)
             for q in (0, 1):
-                assert store.next_due(q) == (min(model[q].values()) if model[q] else None)
+                waiting = [due for k, due in timers[q].items() if k not in out[q]]
+                assert store.next_due(q) == (min(waiting) if waiting else None)
         store.close()
