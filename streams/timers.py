@@ -43,8 +43,9 @@ RETRY_FIRST_S = 0.1
 RETRY_LAST_S = 5.0
 """Firings that could not be written are sent again after RETRY_FIRST_S, doubling up to RETRY_LAST_S."""
 
-HAND_OVER_CHUNK = 25
-"""Firings handed to the worker between two chances for other tasks (a commit, the reader) to run."""
+HAND_OVER_CHUNK = 4
+"""Firings handed to the worker between two chances for other tasks (a commit, the reader) to run (as
+``streams.worker.APPLY_CHUNK``, and for the same reason: each one runs its workflow)."""
 
 _DUE = b"d"
 _INDEX = b"i"
