@@ -160,8 +160,10 @@ class TimerStore:
         return None
 
     def _live(self, partition: int, *, after: bytes | None) -> Iterator[tuple[int, str, bytes, bytes]]:
-        """(due, key, store key, value) of the partition's timers, earliest first, from the floor on (which follows
-        the head) or from after the store key ``after``."""
+        """(due, key, store key, value) of the partition's timers, earliest first.
+
+        From the floor on (which then follows the head), or from after the store key ``after``.
+        """
         head = _DUE + _p(partition)
         first = after is None
         start = head + struct.pack(">Q", self._floor.get(partition, 0)) if after is None else after
