@@ -355,7 +355,7 @@ class TimerService:
             flying = self._in_flight.setdefault(partition, set())
             due = self.store.due(partition, now, room - sent, skip=flying)
             if due:
-                await self._fire(partition, due)
+                await self._fire(partition, due, before=sent)
                 sent += len(due)
         return sent
 
@@ -363,8 +363,12 @@ class TimerService:
         """Firings sent and not acknowledged yet."""
         return sum(len(keys) for keys in self._in_flight.values())
 
-    async def _fire(self, partition: int, due: list[tuple[str, bytes]]) -> None:
-        """Send the firings of ``due``, hand each to ``take``, and leave their acknowledgement to a task."""
+    async def _fire(self, partition: int, due: list[tuple[str, bytes]], *, before: int) -> None:
+        """Send the firings of ``due``, hand each to ``take``, and leave their acknowledgement to a task.
+
+        ``before``: firings the sweep handed over already, so that it yields every :data:`HAND_OVER_CHUNK` firings
+        across partitions, not within each.
+        """
         assert self._producer is not None
         flying = self._in_flight[partition]
         keys = [key for key, _ in due]
@@ -373,7 +377,7 @@ class TimerService:
         taken: list[EarlyInput | None] = []
         commands: list[Command] = []
         try:
-            for n, (key, value) in enumerate(due, 1):
+            for n, (key, value) in enumerate(due, before + 1):
                 record = TIMER.decode(value)
                 command = Command(
                     id=f"fire/{key}",
