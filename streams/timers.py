@@ -7,8 +7,9 @@ ordered by due time (key = partition, big-endian due milliseconds, timer key) an
 sends ``FireTimer`` to the run's inbox and tombstones the timer.
 
 The topic is the service's changelog: a new owner of a partition reads it from its local checkpoint (or from
-the start) and has every live timer. Work follows due timers only: the service looks at the head of each
-partition's ordered store, never scans pending timers, and holds none of them in memory. Firing is at least
+the start) and has every live timer. Work follows due timers only: the service reads each partition's ordered
+store on from the last timer it handed out (from the head after a release), never scans pending timers, and holds
+none of them in memory. Firing is at least
 once: a timer fired twice (a crash between firing and its tombstone) changes nothing the second time,
 because the actor keeps the ids of its pending timers and ignores the rest.
 """
@@ -65,17 +66,20 @@ class TimerStore:
         path.mkdir(parents=True, exist_ok=True)
         self._db = Rdict(str(path), rocksdb_options())
         self._floor: dict[int, int] = {}
-        """Per partition: no live timer is due before this. Reads seek to it, past the deletions of fired timers,
-        which RocksDB keeps (and a seek from the partition's first key would step over) until it compacts; and
-        nothing is read while it is still ahead."""
+        """Per partition: no live timer is due before this. Reads from the head seek to it, past the deletions of
+        fired timers, which RocksDB keeps (and a seek from the partition's first key would step over) until it
+        compacts; and nothing is read while it is still ahead. Such reads move it to the head; while timers are
+        handed out, reads start after the last one instead, and it stays where it was (still a lower bound)."""
         self._exact: set[int] = set()
         """Partitions whose floor is their earliest timer's due time (or says that they have none)."""
         self._handed: dict[int, bytes] = {}
-        """Per partition: the last timer :meth:`due` handed out; the next call reads on from after it. Those up to
-        it are out (their firings in flight) until forgotten, or handed out again after :meth:`release`."""
+        """Per partition: the last timer :meth:`due` handed out or passed over (in its ``skip``); the next call
+        reads on from after it. Those up to it are out (their firings in flight) until forgotten, or handed out
+        again after :meth:`release`."""
         self._ahead: dict[int, int] = {}
-        """Per partition: when the first timer not handed out is due (known from the last read). While it is ahead
-        of now, :meth:`due` reads nothing."""
+        """Per partition: no timer after the last one handed out is due before this (set by the last read, lowered
+        by an earlier timer set since, dropped when the timer it names is deleted). While it is ahead of now,
+        :meth:`due` reads nothing."""
 
     def apply(self, partition: int, records: list[tuple[str, int | None, bytes | None]], next_offset: int) -> None:
         """Put (key, due, value) or delete (key, None, None) timers, and move the partition's checkpoint."""
@@ -126,7 +130,9 @@ class TimerStore:
         """Hand out up to ``limit`` timers of ``partition`` due at ``now_ms``, earliest first, but those in ``skip``.
 
         A timer handed out is not handed out again until it is forgotten (it fired) or the partition is released
-        (its firing failed). Timers in ``skip`` count as handed out.
+        (a firing failed, the partition was taken over, or a timer was set before the last one handed out). A
+        release hands out again every timer of the partition not forgotten, those still in flight too: callers
+        pass those in ``skip``, which are passed over.
         """
         out: list[tuple[str, bytes]] = []
         if self._floor.get(partition, 0) > now_ms or self._ahead.get(partition, 0) > now_ms:
@@ -142,12 +148,16 @@ class TimerStore:
         return out
 
     def release(self, partition: int) -> None:
-        """Hand out the timers of ``partition`` not forgotten since again: their firings were not written."""
+        """Hand out again, from the earliest, every timer of ``partition`` not forgotten (see :meth:`due`)."""
         self._handed.pop(partition, None)
         self._ahead.pop(partition, None)
 
     def next_due(self, partition: int, *, skip: Collection[str] = ()) -> int | None:
-        """When the earliest timer of ``partition`` not handed out (nor in ``skip``) is due."""
+        """When the earliest timer of ``partition`` not handed out (nor in ``skip``) is due.
+
+        After a release, the timers of ``skip`` that the last read stopped at may make this earlier than that: a
+        sweep then wakes for nothing, never late.
+        """
         if partition in self._ahead:
             ahead = self._ahead[partition]
             return None if ahead == _NONE_DUE else ahead
@@ -162,7 +172,7 @@ class TimerStore:
     def _live(self, partition: int, *, after: bytes | None) -> Iterator[tuple[int, str, bytes, bytes]]:
         """(due, key, store key, value) of the partition's timers, earliest first.
 
-        From the floor on (which then follows the head), or from after the store key ``after``.
+        From the floor on (which then moves to the head), or from after the store key ``after``.
         """
         head = _DUE + _p(partition)
         first = after is None
