@@ -136,7 +136,8 @@ def test_the_store_agrees_with_a_plain_model(script: list[tuple[str, int, str, i
                 if not flying[q]:
                     assert seen == earliest
                 elif earliest is not None:
-                    assert seen is not None and seen <= earliest  # earlier only for one in flight: never late
+                    assert seen is not None
+                    assert seen <= earliest  # earlier only for one in flight: never late
                 elif seen is not None:
                     assert any(timers[q].get(k) == seen for k in flying[q])
         store.close()
