@@ -122,6 +122,24 @@ class Pending:
     committed: bool = False
     """Its transaction committed."""
 
+    def let_go(self) -> None:
+        """Its transaction committed and the worker took note: keep only that it committed.
+
+        Inputs applied early whose records are still on their way to the inbox refer to it until they land, only to
+        learn that it committed. Emptied, it does not keep its records in memory meanwhile, and leaves no reference
+        cycle (it lists those inputs, and they name it) for Python's full collections to walk and free: under W4,
+        each one found some 20,000 objects of such transactions and paused the worker for 25-40 ms.
+        """
+        self.outputs = []
+        self.states = {}
+        self.offsets = {}
+        self.first = {}
+        self.held = set()
+        self.offered = []
+        self.deferred = []
+        self.started = []
+        self.early = []
+
     @property
     def awaits_outcomes(self) -> bool:
         """Whether steps this transaction schedules are running or about to, and none waits for it to commit."""

@@ -1058,6 +1058,7 @@ class Worker:
                 self._unwait(early.command.key)
                 for step in early.steps:
                     self._start(step)
+        pending.let_go()
 
     async def _roll_back(self) -> None:
         """Abort the transaction, forget everything not committed, and stop applying until :meth:`_resync`.

@@ -138,11 +138,11 @@ async def test_every_worker_transaction_carries_offsets_its_fence(worker: Worker
     # Step outcomes and firings are taken before they are written, so some transactions hold no input the reader
     # applied. They must still commit an offset, or the group could not fence them; also right after a resync,
     # before the reader has read anything.
-    commits: list[Pending] = []
+    commits: list[tuple[bool, bool, bool]] = []  # has effects, has offsets, holds inputs taken early
     commit = worker._commit
 
     async def recorded(pending: Pending) -> None:
-        commits.append(pending)
+        commits.append((pending.has_effects, bool(pending.offsets), bool(pending.early)))  # emptied once committed
         await commit(pending)
 
     worker._commit = recorded  # type: ignore[method-assign]
@@ -159,5 +159,5 @@ async def test_every_worker_transaction_carries_offsets_its_fence(worker: Worker
     resynced = len(commits)
     assert await asyncio.gather(*(h.result(timeout=30) for h in naps)) == ["AWAKE"] * 5
 
-    assert any(p.early for p in commits[resynced:])  # firings taken early after the resync, before any read
-    assert [p for p in commits if p.has_effects and not p.offsets] == []
+    assert any(early for _, _, early in commits[resynced:])  # firings taken early after the resync, before any read
+    assert [c for c in commits if c[0] and not c[1]] == []
