@@ -9,9 +9,8 @@ sends ``FireTimer`` to the run's inbox and tombstones the timer.
 The topic is the service's changelog: a new owner of a partition reads it from its local checkpoint (or from
 the start) and has every live timer. Work follows due timers only: the service reads each partition's ordered
 store on from the last timer it handed out (from the head after a release), never scans pending timers, and holds
-none of them in memory. Firing is at least
-once: a timer fired twice (a crash between firing and its tombstone) changes nothing the second time,
-because the actor keeps the ids of its pending timers and ignores the rest.
+none of them in memory. Firing is at least once: a timer fired twice (a crash between firing and its tombstone)
+changes nothing the second time, because the actor keeps the ids of its pending timers and ignores the rest.
 """
 
 from __future__ import annotations
