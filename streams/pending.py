@@ -128,7 +128,7 @@ class Pending:
         Inputs applied early whose records are still on their way to the inbox refer to it until they land, only to
         learn that it committed. Emptied, it does not keep its records in memory meanwhile, and leaves no reference
         cycle (it lists those inputs, and they name it) for Python's full collections to walk and free: under W4,
-        each one found 12,000-26,000 objects of such transactions and paused the worker for 21-42 ms.
+        most found 12,000-26,000 objects of such transactions and paused the worker for 21-42 ms.
         """
         self.outputs = []
         self.states = {}
