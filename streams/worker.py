@@ -1013,7 +1013,7 @@ class Worker:
         records = [Record(o.topic, o.partition, o.key, o.value, o.headers) for o in pending.outputs]
         records += [Record(self.topics.state, p, key.encode(), value, STATE.headers) for key, p, value in encoded]
         producer = self._producer
-        await producer.begin_transaction()
+        await batches.begin(producer)
         placed = await batches.write(producer, records)
         if pending.offsets:
             # Named with this member's generation, so that a commit after the group dropped it is refused.
