@@ -454,10 +454,11 @@ class TimerService:
                 landed.append((key, command, outcome, early))
                 continue
             self._refused = outcome
-            self.store.release(partition)  # due again
             if early is not None and self._on_lost is not None:
                 self._on_lost(early)
         fired = [key for key, _, _, _ in landed]
+        if len(fired) < len(keys):
+            self.store.release(partition)  # the firings not written are due again
         if fired:
             self.store.forget(partition, fired)
             self.fired += len(fired)
