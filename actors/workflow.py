@@ -18,7 +18,7 @@ import typing
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from actors.errors import WorkflowDefinitionError
 from actors.policy import DEFAULT_RETRY, RetryPolicy
@@ -26,7 +26,10 @@ from actors.policy import DEFAULT_RETRY, RetryPolicy
 if TYPE_CHECKING:
     from actors.context import Context
 
-WorkflowFunction = Callable[["Context", Any], Awaitable[Any]]
+WorkflowFunction = Callable[["Context", Any], Awaitable[Any]] | Callable[["Context"], Awaitable[Any]]
+"""A workflow's main function: ``async def fn(ctx, input)``, or ``async def fn(ctx)`` for one without input."""
+
+F = TypeVar("F", bound=WorkflowFunction)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +83,9 @@ class Workflow:
         self.output_type: Any = Any
         self.triggers: list[Trigger] = []
 
-    def main(self, fn: WorkflowFunction) -> WorkflowFunction:
-        """Decorate the workflow's ``async def fn(ctx, input)``; its input annotation decodes the input."""
+    def main(self, fn: F) -> F:
+        """Decorate the workflow's ``async def fn(ctx, input)`` or ``fn(ctx)``; the input annotation decodes input."""
+        decorated = fn  # returned as given (the check below narrows ``fn`` to a plain coroutine function)
         if not inspect.iscoroutinefunction(fn):
             raise WorkflowDefinitionError(f"workflow {self.name!r}: the main function must be `async def`")
         params = list(inspect.signature(fn).parameters.values())
@@ -92,8 +96,8 @@ class Workflow:
             self.input_type = hints.get(params[1].name, Any)
         self.output_type = hints.get("return", Any)
         self._takes_input = len(params) == 2
-        self._fn = fn
-        return fn
+        self._fn = decorated
+        return decorated
 
     def trigger(
         self, topic: str, *, id_from: Literal["offset", "key"] = "offset", tenant: str = "default", group: str = ""

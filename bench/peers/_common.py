@@ -101,7 +101,8 @@ def w1_metrics(rates: list[float], latencies_s: list[float], steps_per_workflow:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def wait_port(port: int, timeout: float = 60.0, proc: Any = None) -> None:

@@ -49,7 +49,7 @@ def pg_bindir() -> Path:
     return Path(cands[-1])
 
 
-def as_pg(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess:
+def as_pg(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[Any]:
     if os.geteuid() == 0:
         cmd = ["runuser", "-u", PG_USER, "--", *cmd]
     return subprocess.run(cmd, check=True, **kw)
@@ -143,9 +143,10 @@ class Postgres:
         shutil.rmtree(self.data, ignore_errors=True)
 
 
-def read_event(proc: subprocess.Popen, want: str, timeout: float) -> dict[str, Any]:
+def read_event(proc: subprocess.Popen[str], want: str, timeout: float) -> dict[str, Any]:
     import selectors
 
+    assert proc.stdout is not None  # started with stdout=PIPE
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
@@ -159,7 +160,7 @@ def read_event(proc: subprocess.Popen, want: str, timeout: float) -> dict[str, A
             proc.wait()
             raise RuntimeError(f"dbos app exited with {proc.returncode} before '{want}'")
         try:
-            ev = json.loads(line)
+            ev: dict[str, Any] = json.loads(line)
         except ValueError:
             C.log(f"app: {line.rstrip()}")
             continue
@@ -188,7 +189,7 @@ def main() -> None:
     }
     machine = C.machine_info()
     pg: Postgres | None = None
-    app: subprocess.Popen | None = None
+    app: subprocess.Popen[str] | None = None
     pids: list[int] = []
     metrics: dict[str, Any] = {}
     settings: dict[str, Any] = {}

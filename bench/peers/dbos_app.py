@@ -24,7 +24,7 @@ from sqlalchemy import event
 from bench.peers import _common as C
 
 
-@event.listens_for(sa.engine.Engine, "connect")
+@event.listens_for(sa.engine.Engine, "connect")  # type: ignore[untyped-decorator]  # peer package, not in Steady's venv
 def _sqlite_full_sync(dbapi_conn: Any, _rec: Any) -> None:
     # SQLite: make synchronous=FULL explicit (also SQLite's default with DBOS's rollback-journal mode).
     if type(dbapi_conn).__module__.startswith("sqlite3"):
@@ -45,12 +45,12 @@ def _step_out(i: int, ref: str) -> dict[str, Any]:
     return {"step": i, "ok": True, "ref": ref[:12], "pad": "x" * 8}
 
 
-@DBOS.step()
+@DBOS.step()  # type: ignore[untyped-decorator]  # peer package, not in Steady's venv
 async def noop_step(i: int, ref: str) -> dict[str, Any]:
     return _step_out(i, ref)
 
 
-@DBOS.workflow()
+@DBOS.workflow()  # type: ignore[untyped-decorator]  # peer package, not in Steady's venv
 async def chain(req: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for i in (1, 2, 3):
@@ -58,9 +58,9 @@ async def chain(req: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@DBOS.workflow()
+@DBOS.workflow()  # type: ignore[untyped-decorator]  # peer package, not in Steady's venv
 async def sleeper(req: dict[str, Any]) -> dict[str, Any]:
-    out = await noop_step(1, str(req["id"]))
+    out: dict[str, Any] = await noop_step(1, str(req["id"]))
     await DBOS.sleep_async(3600)
     return out
 
@@ -70,7 +70,8 @@ async def w1(quick: bool) -> dict[str, Any]:
 
     async def call(inp: dict[str, Any]) -> dict[str, Any]:
         h = await DBOS.start_workflow_async(chain, inp)
-        return await h.get_result()
+        result: dict[str, Any] = await h.get_result()
+        return result
 
     for i in range(C.W1_WARMUP):
         await call(C.work_input(i, "warm"))
@@ -121,13 +122,19 @@ def _count_parked(url: str) -> int:
 
         con = sqlite3.connect(url.split("sqlite:///", 1)[1], timeout=30)
         try:
-            return con.execute("SELECT count(*) FROM operation_outputs WHERE function_name='DBOS.sleep'").fetchone()[0]
+            parked: int = con.execute(
+                "SELECT count(*) FROM operation_outputs WHERE function_name='DBOS.sleep'"
+            ).fetchone()[0]
+            return parked
         finally:
             con.close()
     import psycopg
 
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as con:
-        return con.execute("SELECT count(*) FROM dbos.operation_outputs WHERE function_name='DBOS.sleep'").fetchone()[0]
+        count: int = con.execute(
+            "SELECT count(*) FROM dbos.operation_outputs WHERE function_name='DBOS.sleep'"
+        ).fetchone()[0]
+        return count
 
 
 async def w3(quick: bool, url: str) -> None:

@@ -56,8 +56,8 @@ class RestateSystem:
         self.admin_port = C.free_port()
         self.node_port = C.free_port()
         self.svc_port = C.free_port()
-        self.server: subprocess.Popen | None = None
-        self.service: subprocess.Popen | None = None
+        self.server: subprocess.Popen[bytes] | None = None
+        self.service: subprocess.Popen[bytes] | None = None
         self.pids: list[int] = []
 
     @property
@@ -160,7 +160,8 @@ class RestateSystem:
     async def query(self, client: Any, sql: str) -> list[dict[str, Any]]:
         async with client.post(f"{self.admin}/query", json={"query": sql}, headers={"accept": "application/json"}) as r:
             r.raise_for_status()
-            return (await r.json())["rows"]
+            rows: list[dict[str, Any]] = (await r.json())["rows"]
+            return rows
 
 
 async def _w1(sysm: RestateSystem, quick: bool) -> dict[str, Any]:
@@ -173,7 +174,8 @@ async def _w1(sysm: RestateSystem, quick: bool) -> dict[str, Any]:
         async def call_sync(key: str, inp: dict[str, Any]) -> dict[str, Any]:
             async with client.post(f"{sysm.ingress}/Chain/{key}/run", json=inp) as r:
                 r.raise_for_status()
-                return await r.json()
+                result: dict[str, Any] = await r.json()
+                return result
 
         # closed-loop warm-up
         for i in range(C.W1_WARMUP):

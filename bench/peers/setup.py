@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "bench" / ".work"
@@ -28,13 +29,13 @@ RESTATE_SERVER_VERSION = "1.7.12"
 PG_INITDB = Path("/usr/lib/postgresql/15/bin/initdb")
 
 
-def run(cmd: list, **kw) -> None:
+def run(cmd: list[str | Path], **kw: Any) -> None:
     print("+", " ".join(str(c) for c in cmd), flush=True)
     subprocess.run([str(c) for c in cmd], check=True, **kw)
 
 
-def pins() -> dict:
-    out = {}
+def pins() -> dict[str, str]:
+    out: dict[str, str] = {}
     for raw in REQS.read_text().splitlines():
         line = raw.split("#", 1)[0].strip()
         if "==" in line:

@@ -12,15 +12,17 @@ import io
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import fastavro
 from aiokafka import AIOKafkaProducer
 from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
+from fastavro.types import Schema
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
 
-def single_object(schema: dict, record: dict) -> bytes:
+def single_object(schema: Schema, record: dict[str, Any]) -> bytes:
     """Avro single-object encoding of ``record``."""
     header = b"\xc3\x01" + bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
     body = io.BytesIO()

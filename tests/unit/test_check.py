@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
-from actors.model import RunStatus
+from actors.events import Event
+from actors.model import RunState, RunStatus
 from streams.check import compare
 from tests.unit.core import run_of
 from tests.unit.test_replay import chain
 
 
-def _finished_run() -> tuple[str, list, object]:
+def _finished_run() -> tuple[str, list[Event], RunState]:
     run = run_of(chain)
     run.start(chain, 1)
     run.complete(0, 2)

@@ -9,7 +9,14 @@ from actors import Context, RetryPolicy, StepFailed, TerminalError, Workflow, pa
 from actors.actor import Actor
 from actors.commands import Command, CompleteStep, FireTimer, SendEvent
 from actors.errors import ErrorInfo
-from actors.events import StepScheduled, ValueRecorded, WorkflowCompleted, WorkflowFailed, WorkflowStuck
+from actors.events import (
+    StepResultDropped,
+    StepScheduled,
+    ValueRecorded,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowStuck,
+)
 from actors.model import RunStatus
 from actors.replay import activate
 from tests.unit.core import kinds, run_of
@@ -240,8 +247,10 @@ def test_terminal_error_is_not_retried_and_reaches_the_workflow() -> None:
     events = run.fail(0, ErrorInfo("TerminalError", "declined", retryable=False))
 
     assert ["StepAttemptFailed", "StepScheduled"] == kinds(events)
+    assert isinstance(events[1].body, StepScheduled)
     assert "refund" == events[1].body.name
     done = run.complete(1, "n1")
+    assert isinstance(done[-1].body, WorkflowCompleted)
     assert b'"refunded after declined"' == done[-1].body.result.data
 
 
@@ -255,7 +264,9 @@ def test_retryable_failure_schedules_the_next_attempt_until_attempts_run_out() -
     last = run.fail(0, error, attempt=3)
 
     assert ["StepAttemptFailed", "StepScheduled"] == kinds(second)
+    assert isinstance(second[1].body, StepScheduled)
     assert 2 == second[1].body.attempt
+    assert isinstance(third[1].body, StepScheduled)
     assert 3 == third[1].body.attempt
     assert ["StepAttemptFailed", "WorkflowFailed"] == kinds(last)
     assert isinstance(last[-1].body, WorkflowFailed)
@@ -270,6 +281,7 @@ def test_a_result_for_an_old_attempt_is_dropped() -> None:
     events = run.complete(0, 2, attempt=1)
 
     assert ["StepResultDropped"] == kinds(events)
+    assert isinstance(events[0].body, StepResultDropped)
     assert "attempt 1 of step 'inc' is not current (attempt 2 is)" == events[0].body.reason
 
 
@@ -285,6 +297,7 @@ def test_uncaught_exception_fails_the_run() -> None:
     events = run.start(broken, 3)
 
     assert ["WorkflowStarted", "WorkflowFailed"] == kinds(events)
+    assert isinstance(events[1].body, WorkflowFailed)
     assert "no 3" == events[1].body.error.message
 
 

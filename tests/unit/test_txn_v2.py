@@ -11,7 +11,7 @@ from streams import txn_v2
 
 def _features(*levels: tuple[str, int, int]) -> bytes:
     """The FinalizedFeatures tagged field of an ApiVersions v3 answer."""
-    out = UnsignedVarInt32.encode(len(levels) + 1)
+    out: bytes = UnsignedVarInt32.encode(len(levels) + 1)
     for name, high, low in levels:
         out += CompactString("utf-8").encode(name) + Int16.encode(high) + Int16.encode(low) + b"\x00"
     return out
