@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 import aiokafka.producer.sender
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.producer.transaction_manager import TransactionState
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from actors.actor import Actor
@@ -1074,6 +1075,9 @@ class Worker:
         self._out_of_sync = True
         if self._producer is None or self._stopping.is_set():
             return  # stopping: close() closes the producer, and its successor fences the open transaction
+        manager = self._producer._txn_manager
+        if manager is not None and manager.state is TransactionState.READY:
+            return  # none open: it committed (what failed came after, e.g. the local store's write) or never began
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await self._producer.abort_transaction()
