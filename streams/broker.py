@@ -238,8 +238,8 @@ class LocalBroker:
             "log.cleaner.backoff.ms": "1000",
             "log.cleaner.threads": "1",
             "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
-            # Few request threads: on a two-core machine shared with the worker, more only take turns on the cores
-            # (bench/results/broker-threads: the closed loop's p50 fell by a tenth with 1 and 2 instead of 2 and 4).
+            # Few request threads: the broker shares two cores with the worker (bench/results/broker-threads: with
+            # 1 and 2 instead of 2 and 4, W1 was no slower and its closed loop no later; one I/O thread was worse).
             "num.network.threads": "1",
             "num.io.threads": "2",
             "auto.create.topics.enable": "true",
