@@ -514,7 +514,7 @@ class Worker:
         self.ready.set()
 
     async def _resume_at_committed(self, inbox: set[TopicPartition]) -> None:
-        """Start the consumed positions of ``inbox`` partitions at the group's committed offsets.
+        """Start the consumed positions of ``inbox`` partitions at the group's committed offsets (else their first).
 
         The reader resumes there, so every input before is applied. Knowing it before the first read places
         inputs offered at that offset in order, and gives a transaction of inputs taken before they were written
@@ -523,12 +523,27 @@ class Worker:
         assert self._consumer is not None
         try:
             async with asyncio.timeout(COMMITTED_TIMEOUT_S):  # aiokafka retries while the coordinator is away
+                never: list[TopicPartition] = []
                 for tp in inbox:
                     offset = await self._consumer.committed(tp)
                     if offset is not None and offset >= 0:
                         self._consumed[tp] = offset
+                    else:
+                        never.append(tp)
+                self._consumed.update(await self._beginnings(never))
         except (KafkaError, OSError, TimeoutError) as exc:
             logger.warning("committed offsets of %s unknown (%s); positions follow the first reads", inbox, exc)
+
+    async def _beginnings(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Where the reader begins on ``partitions``, which the group never committed: their first offsets.
+
+        Known before the first read, such a position is a fence like a committed one (see :meth:`_commit_open`).
+        """
+        if not partitions:
+            return {}
+        assert self._consumer is not None
+        starts: dict[TopicPartition, int] = await self._consumer.beginning_offsets(partitions)
+        return starts
 
     async def _restore(self, partitions: list[int]) -> int:
         if not partitions:
@@ -1099,13 +1114,16 @@ class Worker:
             partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topics.inbox)
             await self._restore(partitions)
             committed: dict[TopicPartition, int] = {}
+            never: list[TopicPartition] = []
             for tp in assigned:
                 offset = await self._consumer.committed(tp)
                 if offset is None or offset < 0:
-                    await self._consumer.seek_to_beginning(tp)
+                    never.append(tp)
                 else:
-                    self._consumer.seek(tp, offset)
                     committed[tp] = offset
+            committed.update(await self._beginnings(never))
+            for tp, offset in committed.items():
+                self._consumer.seek(tp, offset)
             self._forget(assigned)
             self._consumed.update((tp, o) for tp, o in committed.items() if tp.topic == self.topics.inbox)
             self._cache.clear()

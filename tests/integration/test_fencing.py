@@ -161,3 +161,22 @@ async def test_every_worker_transaction_carries_offsets_its_fence(worker: Worker
 
     assert any(early for _, _, early in commits[resynced:])  # firings taken early after the resync, before any read
     assert [c for c in commits if c[0] and not c[1]] == []
+
+
+async def test_a_worker_knows_where_it_reads_from_before_reading_even_where_nothing_was_committed(
+    worker: Worker,
+) -> None:
+    # These topics are new: the group committed nothing, and the reader begins at each partition's first offset.
+    # Known before the first read, that position is the fence of a transaction holding only inputs taken early.
+    assert worker._consumer is not None
+    owned = {tp for tp in worker._consumer.assignment() if tp.topic == worker.topics.inbox}
+    assert owned
+    assert {tp: worker._consumed.get(tp) for tp in owned} == dict.fromkeys(owned, 0)
+    async with worker._lock:  # what a failed commit does: the worker then reloads its partitions and offsets
+        worker._restored.clear()
+        worker._drop_open()
+        worker._out_of_sync = True
+    worker._consumed.clear()
+    worker._work.set()
+    await eventually(lambda: not worker._out_of_sync, timeout=30, interval=0.05)
+    assert {tp: worker._consumed.get(tp) for tp in owned} == dict.fromkeys(owned, 0)
