@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 WorkflowFunction = Callable[["Context", Any], Awaitable[Any]] | Callable[["Context"], Awaitable[Any]]
 """A workflow's main function: ``async def fn(ctx, input)``, or ``async def fn(ctx)`` for one without input."""
 
-F = TypeVar("F", bound=WorkflowFunction)
+_Main = TypeVar("_Main", bound=WorkflowFunction)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +83,7 @@ class Workflow:
         self.output_type: Any = Any
         self.triggers: list[Trigger] = []
 
-    def main(self, fn: F) -> F:
+    def main(self, fn: _Main) -> _Main:
         """Decorate the workflow's ``async def fn(ctx, input)`` or ``fn(ctx)``; the input annotation decodes input."""
         decorated = fn  # returned as given (the check below narrows ``fn`` to a plain coroutine function)
         if not inspect.iscoroutinefunction(fn):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.producer.transaction_manager import TransactionState
 from aiokafka.structs import RecordMetadata
 
 
@@ -50,6 +51,16 @@ async def begin(producer: AIOKafkaProducer) -> None:
         manager.begin_transaction()  # what begin_transaction does once the id is there; it checks the state
         return
     await producer.begin_transaction()
+
+
+def transaction_open(producer: AIOKafkaProducer) -> bool:
+    """Whether a transactional producer may have a transaction open: anything but one known to have ended.
+
+    Ready means none was begun since the last one ended (committed or aborted); in any other state (in progress,
+    ending, failed) the transaction may be open on the broker.
+    """
+    manager = producer._txn_manager
+    return manager is not None and manager.state is not TransactionState.READY
 
 
 async def write(producer: AIOKafkaProducer, records: list[Record]) -> list[Placed]:

@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator
 import aiokafka.producer.sender
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
-from aiokafka.producer.transaction_manager import TransactionState
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from actors.actor import Actor
@@ -523,14 +522,14 @@ class Worker:
         assert self._consumer is not None
         try:
             async with asyncio.timeout(COMMITTED_TIMEOUT_S):  # aiokafka retries while the coordinator is away
-                never: list[TopicPartition] = []
+                uncommitted: list[TopicPartition] = []
                 for tp in inbox:
                     offset = await self._consumer.committed(tp)
                     if offset is not None and offset >= 0:
                         self._consumed[tp] = offset
                     else:
-                        never.append(tp)
-                self._consumed.update(await self._beginnings(never))
+                        uncommitted.append(tp)
+                self._consumed.update(await self._beginnings(uncommitted))
         except (KafkaError, OSError, TimeoutError) as exc:
             logger.warning("committed offsets of %s unknown (%s); positions follow the first reads", inbox, exc)
 
@@ -1079,8 +1078,9 @@ class Worker:
     async def _roll_back(self) -> None:
         """Abort the transaction, forget everything not committed, and stop applying until :meth:`_resync`.
 
-        Whether a transaction whose commit failed did commit is unknown (the broker may have written its
-        decision and then died): the truth is on the changelog and in the group's offsets, once it settled.
+        Whether a transaction whose commit failed did commit may be unknown (the broker may have written its
+        decision and then died): the truth is on the changelog and in the group's offsets, once it settled. One
+        known to have committed is not aborted; the resync still follows, since the local copy may be partly written.
         """
         self._restored.clear()  # inputs are neither applied nor offered until the resync
         self._drop_open()
@@ -1090,9 +1090,8 @@ class Worker:
         self._out_of_sync = True
         if self._producer is None or self._stopping.is_set():
             return  # stopping: close() closes the producer, and its successor fences the open transaction
-        manager = self._producer._txn_manager
-        if manager is not None and manager.state is TransactionState.READY:
-            return  # none open: it committed (what failed came after, e.g. the local store's write) or never began
+        if not batches.transaction_open(self._producer):
+            return  # it committed (what failed came after: the local store's write, say) or never began
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await self._producer.abort_transaction()
@@ -1113,19 +1112,19 @@ class Worker:
             assigned = self._consumer.assignment()
             partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topics.inbox)
             await self._restore(partitions)
-            committed: dict[TopicPartition, int] = {}
-            never: list[TopicPartition] = []
+            positions: dict[TopicPartition, int] = {}
+            uncommitted: list[TopicPartition] = []
             for tp in assigned:
                 offset = await self._consumer.committed(tp)
                 if offset is None or offset < 0:
-                    never.append(tp)
+                    uncommitted.append(tp)
                 else:
-                    committed[tp] = offset
-            committed.update(await self._beginnings(never))
-            for tp, offset in committed.items():
+                    positions[tp] = offset
+            positions.update(await self._beginnings(uncommitted))
+            for tp, offset in positions.items():
                 self._consumer.seek(tp, offset)
             self._forget(assigned)
-            self._consumed.update((tp, o) for tp, o in committed.items() if tp.topic == self.topics.inbox)
+            self._consumed.update((tp, o) for tp, o in positions.items() if tp.topic == self.topics.inbox)
             self._cache.clear()
             self._restored = set(partitions)
             self._out_of_sync = False

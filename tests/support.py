@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from actors.events import Event
+from actors.events import Event, StepCompleted, StepScheduled
 from actors.workflow import Registry
 from streams.records import COMPLETION, EVENT, Completion
 from streams.settings import Settings
@@ -35,6 +35,24 @@ async def histories(bootstrap: str, prefix: str) -> dict[str, list[Event]]:
 async def completions(bootstrap: str, prefix: str) -> list[Completion]:
     """Every terminal record."""
     return [COMPLETION.decode(r.value) for r in await read_topic(bootstrap, f"{prefix}completions")]
+
+
+async def steps_recorded_ms(settings: Settings) -> dict[str, int]:
+    """When each step's outcome was first written: idempotency key -> its history record's timestamp (ms).
+
+    The timestamp is taken when the transaction writes the record, a few milliseconds before it commits.
+    """
+    names: dict[tuple[str, int], str] = {}
+    recorded: dict[str, int] = {}
+    for record in await read_topic(settings.bootstrap, f"{settings.prefix}history"):
+        event = EVENT.decode(record.value)
+        body = event.body
+        if isinstance(body, StepScheduled):
+            names[(event.key, body.seq)] = f"{event.key}/{body.name}/{body.occurrence}"
+        elif isinstance(body, StepCompleted):
+            key = names[(event.key, body.seq)]
+            recorded[key] = min(recorded.get(key, record.timestamp), record.timestamp)
+    return recorded
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.5) -> Any:

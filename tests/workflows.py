@@ -97,11 +97,7 @@ async def run_failures(ctx: Context, mode: str) -> str:
 def journal_step(label: str) -> str:
     """Appends "idempotency_key attempt start_ms" to $STEADY_TEST_JOURNAL, then sleeps a little."""
     info = current_step()
-    path = Path(os.environ["STEADY_TEST_JOURNAL"])
-    with path.open("a") as f:
-        f.write(f"{info.idempotency_key} {info.attempt} {int(time.time() * 1000)}\n")
-        f.flush()
-        os.fsync(f.fileno())
+    _journal(f"{info.idempotency_key} {info.attempt} {int(time.time() * 1000)}")
     time.sleep(float(os.environ.get("STEADY_TEST_STEP_SLEEP", "0.05")))
     return label
 

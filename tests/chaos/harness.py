@@ -16,13 +16,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from actors.events import StepCompleted, StepScheduled
 from streams.check import check
 from streams.client import Client
-from streams.records import EVENT
 from streams.settings import Settings
-from streams.topics import read_topic
-from tests.support import WorkerProcess, completions
+from tests.support import WorkerProcess, completions, steps_recorded_ms
 
 RUNS = int(os.environ.get("STEADY_CHAOS_RUNS", "60"))
 PATIENCE = float(os.environ.get("STEADY_CHAOS_SECONDS", "300"))
@@ -121,16 +118,7 @@ class Chaos:
         figures.lost_runs = sum(1 for n in range(self.runs) if terminal[f"mixed-{n}"] == 0)
         figures.runs_with_several_terminal_records = sum(1 for v in terminal.values() if v > 1)
 
-        names: dict[tuple[str, int], str] = {}
-        recorded_ms: dict[str, int] = {}
-        for record in await read_topic(s.bootstrap, f"{s.prefix}history"):
-            event = EVENT.decode(record.value)
-            body = event.body
-            if isinstance(body, StepScheduled):
-                names[(event.key, body.seq)] = f"{event.key}/{body.name}/{body.occurrence}"
-            elif isinstance(body, StepCompleted):
-                key = names[(event.key, body.seq)]
-                recorded_ms[key] = min(recorded_ms.get(key, record.timestamp), record.timestamp)
+        recorded_ms = await steps_recorded_ms(s)
         lines = [line.split() for line in self.journal.read_text().splitlines()]
         figures.executions = len(lines)
         late = [
