@@ -238,11 +238,6 @@ class LocalBroker:
             "log.cleaner.backoff.ms": "1000",
             "log.cleaner.threads": "1",
             "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
-            # A transaction's first write right after the previous one ended (back to back under load, or the next
-            # input of a closed loop) meets its markers still being written: Kafka 4's broker then retries adding
-            # the partition itself, after 20 ms by default. Retried after 2 ms, the write waits as long as the
-            # markers take (bench/results/txn-retry: closed-loop p90 28 -> 24 ms, p99 131 -> 99 ms, means of 4).
-            "add.partitions.to.txn.retry.backoff.ms": "2",
             # Few request threads: the broker shares two cores with the worker (bench/results/broker-threads: with
             # 1 and 2 instead of 2 and 4, W1 was no slower and its closed loop no later; one I/O thread was worse).
             "num.network.threads": "1",
