@@ -519,30 +519,29 @@ class Worker:
         inputs offered at that offset in order, and gives a transaction of inputs taken before they were written
         an offset to commit again: its fence (see :meth:`_commit_open`).
         """
-        assert self._consumer is not None
         try:
             async with asyncio.timeout(COMMITTED_TIMEOUT_S):  # aiokafka retries while the coordinator is away
-                uncommitted: list[TopicPartition] = []
-                for tp in inbox:
-                    offset = await self._consumer.committed(tp)
-                    if offset is not None and offset >= 0:
-                        self._consumed[tp] = offset
-                    else:
-                        uncommitted.append(tp)
-                self._consumed.update(await self._beginnings(uncommitted))
+                self._consumed.update(await self._positions(inbox))
         except (KafkaError, OSError, TimeoutError) as exc:
             logger.warning("committed offsets of %s unknown (%s); positions follow the first reads", inbox, exc)
 
-    async def _beginnings(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """Where the reader begins on ``partitions``, which the group never committed: their first offsets.
+    async def _positions(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """Where the reader resumes on ``partitions``: the group's committed offsets, else their first offsets.
 
-        Known before the first read, such a position is a fence like a committed one (see :meth:`_commit_open`).
+        Known before the first read, a first offset is a fence like a committed one (see :meth:`_commit_open`).
         """
-        if not partitions:
-            return {}
         assert self._consumer is not None
-        starts: dict[TopicPartition, int] = await self._consumer.beginning_offsets(partitions)
-        return starts
+        positions: dict[TopicPartition, int] = {}
+        uncommitted: list[TopicPartition] = []
+        for tp in partitions:
+            offset = await self._consumer.committed(tp)
+            if offset is None or offset < 0:
+                uncommitted.append(tp)
+            else:
+                positions[tp] = offset
+        if uncommitted:
+            positions.update(await self._consumer.beginning_offsets(uncommitted))
+        return positions
 
     async def _restore(self, partitions: list[int]) -> int:
         if not partitions:
@@ -1112,15 +1111,7 @@ class Worker:
             assigned = self._consumer.assignment()
             partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topics.inbox)
             await self._restore(partitions)
-            positions: dict[TopicPartition, int] = {}
-            uncommitted: list[TopicPartition] = []
-            for tp in assigned:
-                offset = await self._consumer.committed(tp)
-                if offset is None or offset < 0:
-                    uncommitted.append(tp)
-                else:
-                    positions[tp] = offset
-            positions.update(await self._beginnings(uncommitted))
+            positions = await self._positions(assigned)
             for tp, offset in positions.items():
                 self._consumer.seek(tp, offset)
             self._forget(assigned)

@@ -151,10 +151,7 @@ async def test_every_worker_transaction_carries_offsets_its_fence(worker: Worker
     naps = [await client.start(napper, 4.0, id=f"fence-nap-{i}") for i in range(5)]
     asleep = await asyncio.gather(*(eventually(nap.status, timeout=15, interval=0.05) for nap in naps))
     assert all(state.timers for state in asleep)  # committed, and not due yet
-    async with worker._lock:  # what a failed commit does: the worker then reloads its partitions and offsets
-        worker._restored.clear()
-        worker._drop_open()
-        worker._out_of_sync = True
+    await _as_after_a_failed_commit(worker)
     worker._work.set()
     resynced = len(commits)
     assert await asyncio.gather(*(h.result(timeout=30) for h in naps)) == ["AWAKE"] * 5
@@ -172,11 +169,16 @@ async def test_a_worker_knows_where_it_reads_from_before_reading_even_where_noth
     owned = {tp for tp in worker._consumer.assignment() if tp.topic == worker.topics.inbox}
     assert owned
     assert {tp: worker._consumed.get(tp) for tp in owned} == dict.fromkeys(owned, 0)
-    async with worker._lock:  # what a failed commit does: the worker then reloads its partitions and offsets
-        worker._restored.clear()
-        worker._drop_open()
-        worker._out_of_sync = True
+    await _as_after_a_failed_commit(worker)
     worker._consumed.clear()
     worker._work.set()
     await eventually(lambda: not worker._out_of_sync, timeout=30, interval=0.05)
     assert {tp: worker._consumed.get(tp) for tp in owned} == dict.fromkeys(owned, 0)
+
+
+async def _as_after_a_failed_commit(worker: Worker) -> None:
+    """What a failed commit does: drop what was applied; the worker then reloads its partitions and offsets."""
+    async with worker._lock:
+        worker._restored.clear()
+        worker._drop_open()
+        worker._out_of_sync = True
