@@ -101,6 +101,16 @@ async def partitions_of(bootstrap: str, topic: str) -> list[int]:
     return sorted(p["partition"] for p in described["partitions"])
 
 
+async def written_ends(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """Where ``tps`` end, counting the records of transactions still open (their high watermarks)."""
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_uncommitted")
+    await probe.start()
+    try:
+        return dict(await probe.end_offsets(tps))
+    finally:
+        await probe.stop()
+
+
 async def settled_ends(
     bootstrap: str, consumer: AIOKafkaConsumer, tps: list[TopicPartition], *, timeout: float
 ) -> dict[TopicPartition, int]:
@@ -111,12 +121,7 @@ async def settled_ends(
     stable offsets reach the ends as of the call (the markers are written, or a dead writer's transaction is
     aborted after its timeout), ``timeout`` seconds at most, and returns them.
     """
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_uncommitted")
-    await probe.start()
-    try:
-        written = await probe.end_offsets(tps)
-    finally:
-        await probe.stop()
+    written = await written_ends(bootstrap, tps)
     deadline = time.monotonic() + timeout
     while True:
         stable = await consumer.end_offsets(tps)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -46,7 +47,7 @@ from streams.batches import Record
 from streams.clock import Clock, WallClock
 from streams.executor import StepExecutor
 from streams.loop import CLOSE_TIMEOUT_S, bounded
-from streams.pending import EarlyInput, LocalStep, Out, Pending, TaskOffsets
+from streams.pending import EarlyInput, LocalStep, Out, Pending, Takeover, TaskOffsets
 from streams.records import (
     COMMAND,
     COMPLETION,
@@ -64,7 +65,7 @@ from streams.records import (
 from streams.settings import Settings
 from streams.store import RunStore
 from streams.timers import TimerService
-from streams.topics import RunPartitioner, Topics, ensure_topics, group_consumer, settled_ends
+from streams.topics import RunPartitioner, Topics, ensure_topics, group_consumer, settled_ends, written_ends
 from streams.trigger import TriggerRunner
 
 logger = logging.getLogger(__name__)
@@ -131,6 +132,14 @@ class Worker:
 
     _taking: EarlyInput | None = None
     """The step outcome or firing being applied before it was written (its run's new steps wait for it)."""
+    _consumer: AIOKafkaConsumer | None = None
+    _producer: AIOKafkaProducer | None = None
+    """The transactional producer (replaced after a transaction it could not abort)."""
+    _reports: AIOKafkaProducer | None = None
+    """The producer of step outcomes' reports to the inbox."""
+    _executor: StepExecutor | None = None
+    _failure: BaseException | None = None
+    """What stopped the worker (a background task that failed), if something did."""
 
     def __init__(self, registry: Registry, settings: Settings, *, clock: Clock | None = None) -> None:
         self.registry = registry
@@ -169,6 +178,8 @@ class Worker:
         self._rewind: dict[TopicPartition, int] = {}
         """Per inbox partition: where the reader reads again after dropped work (see :meth:`_drop_open`)."""
         self._task_offsets: dict[TopicPartition, TaskOffsets] = {}
+        self._takeover = Takeover()
+        """Step tasks of partitions taken over wait until their inbox is read to where it ended then."""
         self._reporting: dict[str, EarlyInput] = {}
         """Outcomes and firings applied before they were written, on their way to the inbox, by command id."""
         self._waiting_runs: dict[str, int] = {}
@@ -182,16 +193,11 @@ class Worker:
         decode per command. Dropped on every rebalance, since another worker may have moved a run on."""
         # One store per topic namespace and worker: state of another prefix or worker is never mixed in.
         self._store = RunStore(settings.state_dir / settings.prefix.rstrip(".") / settings.worker_id)
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self._reports: AIOKafkaProducer | None = None
-        self._executor: StepExecutor | None = None
         self._last_commit = time.monotonic()
         self.applied = 0
         self.transactions = 0
         self.transaction_protocol = 0
         """Kafka's transaction protocol the worker commits with: 2 (KIP-890) where the cluster has it, else 1."""
-        self._failure: BaseException | None = None
 
     # -- life cycle ----------------------------------------------------------------------------------------
 
@@ -327,6 +333,9 @@ class Worker:
             self._flow_control()
             if batch:
                 self._take(batch)
+            if self._takeover.ends:
+                await self._release_held()
+            if batch:
                 await asyncio.sleep(0)  # let step outcomes and timer firings in between chunks
 
     def _rewind_dropped(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
@@ -488,6 +497,7 @@ class Worker:
         """Forget where reading and local steps stood on ``partitions``: they are read again from committed offsets."""
         for tp in partitions:
             self._task_offsets.pop(tp, None)
+            self._takeover.forget(tp)
             self._consumed.pop(tp, None)
             self._offered.pop(tp, None)
             self._rewind.pop(tp, None)
@@ -502,7 +512,9 @@ class Worker:
             self._cache.clear()
             self._forget(assigned)
             restored = await self._restore(partitions)
-            await self._resume_at_committed({tp for tp in assigned if tp.topic == self.topics.inbox})
+            inbox = {tp for tp in assigned if tp.topic == self.topics.inbox}
+            await self._resume_at_committed(inbox)
+            await self._catch_up(inbox)
             self._restored |= set(partitions)
         logger.info(
             "assigned partitions %s; restored %d state records in %.2fs",
@@ -542,6 +554,37 @@ class Worker:
         if uncommitted:
             positions.update(await self._consumer.beginning_offsets(uncommitted))
         return positions
+
+    async def _catch_up(self, inbox: set[TopicPartition]) -> None:
+        """Hold the step tasks of the partitions of ``inbox`` until the reader reaches where they end now.
+
+        See :class:`~streams.pending.Takeover`: an outcome in the inbox is applied before its task is considered.
+        """
+        if not inbox:
+            return
+        try:
+            async with asyncio.timeout(COMMITTED_TIMEOUT_S):
+                self._takeover.ends.update(await written_ends(self.settings.bootstrap, sorted(inbox)))
+        except (KafkaError, OSError, TimeoutError) as exc:
+            logger.warning(
+                "ends of %s unknown (%s): step tasks run as they are read, and a step whose outcome is in the inbox"
+                " and not applied yet may run again",
+                sorted(tp.partition for tp in inbox),
+                exc,
+            )
+
+    async def _release_held(self) -> None:
+        """Hand the held step tasks of the partitions whose reader reached their end at takeover to the executor."""
+        assert self._consumer is not None
+        assert self._executor is not None
+        for tp, end in list(self._takeover.ends.items()):
+            if tp.partition not in self._restored or tp not in self._consumer.assignment():
+                continue
+            position = await self._consumer.position(tp)  # past the last record handed out (and markers after it)
+            if position < end or self._takeover.ends.get(tp) != end:
+                continue  # not there yet, or the partition changed hands meanwhile
+            for task, done in self._takeover.caught_up(tp):
+                self._executor.submit(task, done)
 
     async def _restore(self, partitions: list[int]) -> int:
         if not partitions:
@@ -810,7 +853,9 @@ class Worker:
             pending.outputs.append(self._dead_letter(record, f"undecodable step task: {exc}"))
             return
         tracked.running.add(record.offset)
-        self._executor.submit(task, lambda: tracked.running.discard(record.offset))
+        done = functools.partial(tracked.running.discard, record.offset)
+        if not self._takeover.hold(TopicPartition(self.topics.inbox, tp.partition), task, done):
+            self._executor.submit(task, done)
 
     def _apply(self, record: ConsumerRecord, pending: Pending) -> None:
         if record.key is None:
@@ -1116,6 +1161,7 @@ class Worker:
                 self._consumer.seek(tp, offset)
             self._forget(assigned)
             self._consumed.update((tp, o) for tp, o in positions.items() if tp.topic == self.topics.inbox)
+            await self._catch_up({tp for tp in assigned if tp.topic == self.topics.inbox})
             self._cache.clear()
             self._restored = set(partitions)
             self._out_of_sync = False
