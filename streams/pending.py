@@ -65,38 +65,6 @@ class TaskOffsets:
         return nxt if nxt > self.committed else None
 
 
-@dataclass(slots=True)
-class Takeover:
-    """Step tasks read from partitions just taken over, held until the inbox is read to where it ended then.
-
-    A previous owner may have reported a step's outcome to the inbox and stopped before it applied it (a crash, a
-    failed commit): the step's task is then ahead of the committed offsets too, and read again. Run before the
-    outcome is applied, the step would run a second time; applied first, the outcome makes the task stale.
-    """
-
-    ends: dict[TopicPartition, int] = field(default_factory=dict)
-    """Per inbox partition catching up: its end (high watermark) when it was taken over."""
-    held: dict[TopicPartition, list[tuple[StepTask, Callable[[], None]]]] = field(default_factory=dict)
-    """Per inbox partition catching up: the tasks read meanwhile, each with what to call once it is done."""
-
-    def hold(self, inbox: TopicPartition, task: StepTask, done: Callable[[], None]) -> bool:
-        """Hold ``task`` if ``inbox`` (the partition of its run) is catching up; ``False``: it may run now."""
-        if inbox not in self.ends:
-            return False
-        self.held.setdefault(inbox, []).append((task, done))
-        return True
-
-    def caught_up(self, inbox: TopicPartition) -> list[tuple[StepTask, Callable[[], None]]]:
-        """The reader of ``inbox`` reached its end: what was held for it, to run now."""
-        self.ends.pop(inbox, None)
-        return self.held.pop(inbox, [])
-
-    def forget(self, partition: TopicPartition) -> None:
-        """``partition`` is read again from its committed offset (or by another worker): its tasks with it."""
-        self.ends.pop(partition, None)
-        self.held.pop(partition, None)
-
-
 @dataclass(slots=True, eq=False)
 class EarlyInput:
     """A local step's outcome or a timer's firing, applied before it was written anywhere.

@@ -104,8 +104,8 @@ async def partitions_of(bootstrap: str, topic: str) -> list[int]:
 async def written_ends(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
     """Where ``tps`` end, counting the records of transactions still open (their high watermarks)."""
     probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_uncommitted")
-    await probe.start()
     try:
+        await probe.start()
         return dict(await probe.end_offsets(tps))
     finally:
         await probe.stop()

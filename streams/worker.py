@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 
 import aiokafka.producer.sender
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import IllegalStateError, KafkaError, ProducerFenced
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from actors.actor import Actor
@@ -47,7 +47,7 @@ from streams.batches import Record
 from streams.clock import Clock, WallClock
 from streams.executor import StepExecutor
 from streams.loop import CLOSE_TIMEOUT_S, bounded
-from streams.pending import EarlyInput, LocalStep, Out, Pending, Takeover, TaskOffsets
+from streams.pending import EarlyInput, LocalStep, Out, Pending, TaskOffsets
 from streams.records import (
     COMMAND,
     COMPLETION,
@@ -178,8 +178,9 @@ class Worker:
         self._rewind: dict[TopicPartition, int] = {}
         """Per inbox partition: where the reader reads again after dropped work (see :meth:`_drop_open`)."""
         self._task_offsets: dict[TopicPartition, TaskOffsets] = {}
-        self._takeover = Takeover()
-        """Step tasks of partitions taken over wait until their inbox is read to where it ended then."""
+        self._catching_up: dict[TopicPartition, int] = {}
+        """Per inbox partition taken over: where it ended then. Until the reader is there, the tasks partition of the
+        same number is not read (see :meth:`_catch_up`)."""
         self._reporting: dict[str, EarlyInput] = {}
         """Outcomes and firings applied before they were written, on their way to the inbox, by command id."""
         self._waiting_runs: dict[str, int] = {}
@@ -333,8 +334,8 @@ class Worker:
             self._flow_control()
             if batch:
                 self._take(batch)
-            if self._takeover.ends:
-                await self._release_held()
+            if self._catching_up:
+                await self._caught_up()
             if batch:
                 await asyncio.sleep(0)  # let step outcomes and timer firings in between chunks
 
@@ -497,7 +498,7 @@ class Worker:
         """Forget where reading and local steps stood on ``partitions``: they are read again from committed offsets."""
         for tp in partitions:
             self._task_offsets.pop(tp, None)
-            self._takeover.forget(tp)
+            self._catching_up.pop(tp, None)
             self._consumed.pop(tp, None)
             self._offered.pop(tp, None)
             self._rewind.pop(tp, None)
@@ -556,35 +557,43 @@ class Worker:
         return positions
 
     async def _catch_up(self, inbox: set[TopicPartition]) -> None:
-        """Hold the step tasks of the partitions of ``inbox`` until the reader reaches where they end now.
+        """Read no step task of the partitions of ``inbox`` until the reader has read them to where they end now.
 
-        See :class:`~streams.pending.Takeover`: an outcome in the inbox is applied before its task is considered.
+        A previous owner may have reported a step's outcome to the inbox and stopped before it applied it (a crash,
+        a failed commit): the step's task is then ahead of the committed offsets too, and read again. Considered
+        before the outcome is applied, the task would still be current and the step run a second time; applied
+        first, the outcome makes it stale. (An outcome reported after this call, by an owner that lost the
+        partition while its step ran, is not covered: that attempt was in flight at the handover.)
         """
+        assert self._consumer is not None
         if not inbox:
             return
         try:
             async with asyncio.timeout(COMMITTED_TIMEOUT_S):
-                self._takeover.ends.update(await written_ends(self.settings.bootstrap, sorted(inbox)))
+                self._catching_up.update(await written_ends(self.settings.bootstrap, sorted(inbox)))
         except (KafkaError, OSError, TimeoutError) as exc:
             logger.warning(
-                "ends of %s unknown (%s): step tasks run as they are read, and a step whose outcome is in the inbox"
-                " and not applied yet may run again",
+                "ends of %s unknown (%s): step tasks are read at once, and a step whose outcome is in the inbox and"
+                " not applied yet may run again",
                 sorted(tp.partition for tp in inbox),
                 exc,
             )
+        self._flow_control()
 
-    async def _release_held(self) -> None:
-        """Hand the held step tasks of the partitions whose reader reached their end at takeover to the executor."""
+    async def _caught_up(self) -> None:
+        """Let the tasks partitions be read whose inbox partitions the reader has read to their end at takeover."""
         assert self._consumer is not None
-        assert self._executor is not None
-        for tp, end in list(self._takeover.ends.items()):
+        for tp, end in list(self._catching_up.items()):
             if tp.partition not in self._restored or tp not in self._consumer.assignment():
                 continue
-            position = await self._consumer.position(tp)  # past the last record handed out (and markers after it)
-            if position < end or self._takeover.ends.get(tp) != end:
-                continue  # not there yet, or the partition changed hands meanwhile
-            for task, done in self._takeover.caught_up(tp):
-                self._executor.submit(task, done)
+            try:
+                async with asyncio.timeout(0.2):  # a position not known yet (just assigned) is looked up
+                    position = await self._consumer.position(tp)  # past what was handed out; markers once fetched
+            except (IllegalStateError, KafkaError, TimeoutError):
+                continue  # taken away meanwhile, or the coordinator is away: asked again after the next read
+            if position >= end and self._catching_up.get(tp) == end and tp.partition in self._restored:
+                del self._catching_up[tp]
+        self._flow_control()
 
     async def _restore(self, partitions: list[int]) -> int:
         if not partitions:
@@ -632,13 +641,21 @@ class Worker:
 
         Steps start as inputs are applied, so a burst of starts would otherwise hold a waiting step (its task,
         coroutine and arguments) per run. Step outcomes and timer firings of this process still arrive in-process.
+        The tasks partitions of inbox partitions catching up after a takeover stay paused (:meth:`_catch_up`).
         """
         assert self._consumer is not None
         assert self._executor is not None
         if self._executor.in_flight >= 4 * self.settings.step_concurrency:
             self._consumer.pause(*self._consumer.assignment())
-        elif self._consumer.paused():
-            self._consumer.resume(*self._consumer.paused())
+            return
+        waiting: set[TopicPartition] = set()
+        if self._catching_up:
+            waiting = {TopicPartition(self.topics.tasks, tp.partition) for tp in self._catching_up}
+            waiting &= self._consumer.assignment()
+            self._consumer.pause(*waiting)
+        resumed = self._consumer.paused() - waiting
+        if resumed:
+            self._consumer.resume(*resumed)
 
     # -- states --------------------------------------------------------------------------------------------
 
@@ -667,8 +684,15 @@ class Worker:
             self._cache.popitem(last=False)
 
     def is_current(self, task: StepTask) -> bool:
-        """Whether ``task`` is still the current attempt of a scheduled step of a live run."""
-        state = self._state(self.partition_of(task.key.encode()), task.key)
+        """Whether ``task`` is still the current attempt of a scheduled step of a live run.
+
+        Not while its partition is not restored (being taken over, or reloaded after a failed commit): what was
+        applied there may have been dropped, and the task is read again once it is.
+        """
+        partition = self.partition_of(task.key.encode())
+        if partition not in self._restored:
+            return False
+        state = self._state(partition, task.key)
         if state is None:
             logger.warning("no state for the run of step task %s; running it", task.idempotency_key)
             return True
@@ -853,9 +877,7 @@ class Worker:
             pending.outputs.append(self._dead_letter(record, f"undecodable step task: {exc}"))
             return
         tracked.running.add(record.offset)
-        done = functools.partial(tracked.running.discard, record.offset)
-        if not self._takeover.hold(TopicPartition(self.topics.inbox, tp.partition), task, done):
-            self._executor.submit(task, done)
+        self._executor.submit(task, functools.partial(tracked.running.discard, record.offset))
 
     def _apply(self, record: ConsumerRecord, pending: Pending) -> None:
         if record.key is None:
