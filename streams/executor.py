@@ -7,8 +7,8 @@ attempt already running here is not started a second time. Once an outcome is in
 hears of it (the worker applies it at once when it can).
 
 The worker that owns the run may take an outcome before it is written (``take``): then its transaction
-records it, and the outcome is reported to the inbox only if the run's next steps wait for that
-(``on_early_reported``).
+records it, and the outcome is reported to the inbox only if the run's next steps wait for that report
+(``on_early_reported``) rather than for the commit.
 """
 
 from __future__ import annotations

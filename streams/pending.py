@@ -72,8 +72,9 @@ class EarlyInput:
     The transaction that commits what it was applied in records it. When its run scheduled steps from it, those
     steps (:attr:`steps`) must not run on an input a crash could lose: the input is written to the inbox (a
     step's report, a firing), and they start once it is there, in the inbox's order (else with the commit, like
-    steps held for any other reason). A step outcome from which its run scheduled no step needs no inbox record
-    at all; a firing always has one.
+    steps held for any other reason). A step outcome from which its run scheduled no step, or taken under load
+    (see ``streams.worker.REPORT_UNDER_LOAD``), has no inbox record at all: its steps wait for the commit. A
+    firing always has one.
     """
 
     task: StepTask | None

@@ -83,6 +83,16 @@ a timer firing waits for the commit in progress (W4's lateness). See bench/resul
 runs that chose 4.
 """
 
+REPORT_UNDER_LOAD = 8
+"""While a transaction commits, a step outcome taken into the open one with at least this many there (itself
+included) is not reported to the inbox: its run's next steps wait for the commit instead.
+
+A report lets the next step start about a commit earlier, for a record written and read back. With one run in
+flight that is the difference between a closed loop's steps and its commits; with many, the next transaction
+commits right after the one under way anyway, and the records cost the broker and the worker. See
+bench/results/report-under-load for the side-by-side runs.
+"""
+
 BATCH_BYTES = 256 * 1024
 """Record batches of the worker's transactions hold up to this many bytes (a larger record gets its own)."""
 
@@ -773,17 +783,22 @@ class Worker:
 
         The transaction of what it is applied in records it (history, state). If its run scheduled new steps from
         it, they wait until the outcome's report is in the inbox (:meth:`early_reported`): a crash before then
-        must not leave a step that ran on an outcome nobody recorded. A run that scheduled none needs no report,
-        and its new steps from any later input wait for the commit.
+        must not leave a step that ran on an outcome nobody recorded.
+
+        No report is written when the run scheduled no step, nor under load (:data:`REPORT_UNDER_LOAD`): then the
+        new steps wait for the commit, as do those of the run's later inputs.
         """
         early = self._take_early(task, command)
         if early is None:
             return None
-        if early.steps:
+        busy = self._committing is not None and len(early.pending.early) >= REPORT_UNDER_LOAD
+        if early.steps and not busy:
             self._expect_in_inbox(early)
         else:
             early.settled = True
             early.pending.held.add(command.key)  # its state holds an outcome only this transaction records
+            early.pending.deferred.extend(early.steps)
+            early.steps.clear()  # nothing waits for a report: the executor writes none
         step = self._running_local.get(task.attempt_id)
         if step is not None:
             step.finished = True  # for the linger: its outcome is in the transaction
