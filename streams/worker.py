@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections import OrderedDict
@@ -795,9 +794,7 @@ class Worker:
         if early.steps and not busy:
             self._expect_in_inbox(early)
         else:
-            early.settled = True
-            early.pending.held.add(command.key)  # its state holds an outcome only this transaction records
-            early.pending.deferred.extend(early.steps)
+            self._settle_with_commit(early)
             early.steps.clear()  # nothing waits for a report: the executor writes none
         step = self._running_local.get(task.attempt_id)
         if step is not None:
@@ -847,9 +844,14 @@ class Worker:
         """``early``'s record could not be written to the inbox: its run's waiting steps wait for the commit."""
         if self._reporting.pop(early.command.id, None) is None or early.dropped or early.settled:
             return
-        early.settled = True
         self._unwait(early.command.key)
-        early.pending.held.add(early.command.key)  # the transaction is its only record: the run's steps wait for it
+        self._settle_with_commit(early)
+
+    @staticmethod
+    def _settle_with_commit(early: EarlyInput) -> None:
+        """The transaction ``early`` was applied in is its only record: its run's new steps wait for the commit."""
+        early.settled = True
+        early.pending.held.add(early.command.key)  # the run's later inputs' steps too
         early.pending.deferred.extend(early.steps)  # not committed (the commit settles what it holds): starts then
 
     def early_reported(self, early: EarlyInput, meta: RecordMetadata) -> None:
@@ -892,7 +894,7 @@ class Worker:
             pending.outputs.append(self._dead_letter(record, f"undecodable step task: {exc}"))
             return
         tracked.running.add(record.offset)
-        self._executor.submit(task, functools.partial(tracked.running.discard, record.offset))
+        self._executor.submit(task, lambda: tracked.running.discard(record.offset))
 
     def _apply(self, record: ConsumerRecord, pending: Pending) -> None:
         if record.key is None:
