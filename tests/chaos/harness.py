@@ -19,6 +19,7 @@ from pathlib import Path
 from streams.check import check
 from streams.client import Client
 from streams.settings import Settings
+from streams.timeline import format_status, format_timeline
 from tests.support import WorkerProcess, completions, steps_recorded_ms
 
 RUNS = int(os.environ.get("STEADY_CHAOS_RUNS", "60"))
@@ -106,9 +107,31 @@ class Chaos:
         deadline = time.monotonic() + PATIENCE
         while await self.done() < self.runs:
             if time.monotonic() > deadline:
-                raise AssertionError(f"only {await self.done()} of {self.runs} runs finished in {PATIENCE:.0f}s")
+                diagnosis = await self.unfinished()
+                raise AssertionError(
+                    f"only {await self.done()} of {self.runs} runs finished in {PATIENCE:.0f}s\n{diagnosis}"
+                )
             await asyncio.sleep(1.0)
         self.figures.seconds = round(time.monotonic() - self.began, 1)
+
+    async def unfinished(self, most: int = 5) -> str:
+        """What the runs without a terminal record were waiting for, and what their workers complained of."""
+        s = self.settings
+        ended = {c.workflow_id for c in await completions(s.bootstrap, s.prefix)}
+        left = [f"mixed-{n}" for n in range(self.runs) if f"mixed-{n}" not in ended]
+        parts = [f"unfinished: {', '.join(left)}"]
+        async with Client(s.bootstrap, prefix=s.prefix) as client:
+            for run in left[:most]:
+                state = await client.status(run)
+                parts.append(f"--- {client.handle(run).key}")
+                parts.append(format_status(state) if state is not None else "no state snapshot")
+                parts.append(format_timeline(await client.history(run)))
+        for worker_id, worker in self.workers.items():
+            lines = worker.log.read_text(errors="replace").splitlines()
+            complaints = [line for line in lines if " WARNING " in line or " ERROR " in line]
+            parts.append(f"--- {worker_id}: last warnings and errors of {len(complaints)}")
+            parts.extend(complaints[-30:])
+        return "\n".join(parts)
 
     async def verify(self) -> Figures:
         """The end checks; returns the figures (the caller asserts on them)."""
