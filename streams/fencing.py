@@ -77,10 +77,17 @@ def group_member(consumer: AIOKafkaConsumer, group_id: str) -> GroupMember:
 async def send_offsets(producer: AIOKafkaProducer, offsets: dict[TopicPartition, int], member: GroupMember) -> None:
     """Add ``offsets`` to the producer's open transaction as committed by ``member``.
 
+    A member without a generation is refused here, before anything is sent: aiokafka forgets the generation and
+    the member id as soon as the group answers that it dropped the member, and the group coordinator checks neither
+    on a transactional commit that names none (older clients name none), so it would take that commit from a
+    worker whose partitions another one already owns.
+
     Raises:
         IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError: the group
             has moved on without this member; the transaction must be aborted.
     """
+    if member.generation_id < 0 or not member.member_id:
+        raise IllegalGenerationError(f"no generation of group {member} to commit in: the group dropped this member")
     await producer.send_offsets_to_transaction(offsets, member)
 
 

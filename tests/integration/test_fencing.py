@@ -10,7 +10,7 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import ProducerFenced, UnknownMemberIdError
+from aiokafka.errors import IllegalGenerationError, ProducerFenced, UnknownMemberIdError
 
 from streams import fencing, txn_v2
 from streams.client import Client
@@ -104,6 +104,46 @@ async def test_a_dropped_members_transaction_is_refused_and_the_producer_stays_u
 
 
 @pytest.mark.parametrize("protocol", [1, 2])
+async def test_a_member_the_group_dropped_commits_nothing_once_aiokafka_forgot_its_generation(
+    kafka_bootstrap: str, topic_prefix: str, protocol: int
+) -> None:
+    # Told that the group dropped it, aiokafka resets the member to generation -1 and no member id until it has
+    # rejoined. The coordinator checks neither on a transactional commit that names none, so such a commit is
+    # refused before it is sent, while another member owns the partition.
+    fencing.install()
+    txn_v2.install()
+    topic, group = f"{topic_prefix}in", f"{topic_prefix}group"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    tp = TopicPartition(topic, 0)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{topic_prefix}txn")
+    await producer.start()
+    owner = await _joined(kafka_bootstrap, topic, group)
+    try:
+        if protocol == 2:
+            assert await txn_v2.enable(producer)
+        async with producer.transaction():
+            await fencing.send_offsets(producer, {tp: 3}, fencing.group_member(owner, group))
+        await _settled(owner, tp, 3)
+
+        await producer.begin_transaction()
+        with pytest.raises(IllegalGenerationError):
+            await fencing.send_offsets(producer, {tp: 9}, fencing.GroupMember(group, -1, ""))
+        await producer.abort_transaction()
+
+        async with producer.transaction():  # the producer goes on
+            await fencing.send_offsets(producer, {tp: 4}, fencing.group_member(owner, group))
+        await _settled(owner, tp, 4)
+    finally:
+        await owner.stop()
+        await producer.stop()
+
+
+@pytest.mark.parametrize("protocol", [1, 2])
 async def test_a_producer_whose_transactional_id_was_taken_is_fenced_on_commit(
     kafka_bootstrap: str, topic_prefix: str, protocol: int
 ) -> None:
@@ -182,3 +222,4 @@ async def _as_after_a_failed_commit(worker: Worker) -> None:
         worker._restored.clear()
         worker._drop_open()
         worker._out_of_sync = True
+
