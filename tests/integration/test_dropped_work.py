@@ -26,7 +26,10 @@ async def test_work_dropped_before_its_commit_is_read_again(worker: Worker, clie
         async with worker._lock:
             worker._drop_open()
 
-    results = await asyncio.gather(*(h.result(timeout=60) for h in handles))
+    try:
+        results = await asyncio.gather(*(h.result(timeout=60) for h in handles))
+    except TimeoutError:
+        raise AssertionError(await _stalled(worker, client, 40)) from None
 
     assert [r["text"] for r in results] == [f"HELLO D{i}" for i in range(40)]
     report = await check(settings)
@@ -60,3 +63,22 @@ async def test_timer_firings_dropped_before_their_commit_are_read_again(
     assert any(early.dropped for early in taken)  # firings taken before they were written, and dropped
     report = await check(settings)
     assert report.ok, report.findings
+
+
+async def _stalled(worker: Worker, client: Client, runs: int) -> str:
+    """Where the worker stands and what the unfinished runs hold: a stalled run says why."""
+    assert worker._consumer is not None
+    assert worker._executor is not None
+    lines = [
+        f"restored {sorted(worker._restored)}, out of sync {worker._out_of_sync}, transactions {worker.transactions}",
+        f"open: {worker._open.inputs} inputs, {len(worker._open.states)} states, {len(worker._open.early)} early, "
+        f"{len(worker._open.deferred)} deferred; committing: {worker._committing is not None}",
+        f"consumed {worker._consumed}, rewind {worker._rewind}, offered {worker._offered}",
+        f"waiting runs {worker._waiting_runs}, reporting {len(worker._reporting)}, paused {worker._consumer.paused()}",
+        f"steps in flight {worker._executor.in_flight}",
+    ]
+    for n in range(runs):
+        state = await client.status(f"drop-{n}")
+        if state is None or state.status.value != "completed":
+            lines.append(f"drop-{n}: {'no state' if state is None else (state.status.value, len(state.journal))}")
+    return "\n".join(lines)
