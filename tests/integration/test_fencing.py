@@ -222,4 +222,3 @@ async def _as_after_a_failed_commit(worker: Worker) -> None:
         worker._restored.clear()
         worker._drop_open()
         worker._out_of_sync = True
-
