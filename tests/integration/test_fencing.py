@@ -22,6 +22,15 @@ from tests.workflows import Greeting, chain, napper
 pytestmark = pytest.mark.integration
 
 
+async def _create(bootstrap: str, *topics: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1) for topic in topics])
+    finally:
+        await admin.close()
+
+
 async def _joined(bootstrap: str, topic: str, group: str) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, session_timeout_ms=6_000
@@ -49,12 +58,7 @@ async def test_a_dropped_members_transaction_is_refused_and_the_producer_stays_u
     fencing.install()
     txn_v2.install()
     topic, group = f"{topic_prefix}in", f"{topic_prefix}group"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1), NewTopic(f"{topic}.out", 1, 1)])
-    finally:
-        await admin.close()
+    await _create(kafka_bootstrap, topic, f"{topic}.out")
     tp = TopicPartition(topic, 0)
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{topic_prefix}txn")
     await producer.start()
@@ -113,12 +117,7 @@ async def test_a_member_the_group_dropped_commits_nothing_once_aiokafka_forgot_i
     fencing.install()
     txn_v2.install()
     topic, group = f"{topic_prefix}in", f"{topic_prefix}group"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
+    await _create(kafka_bootstrap, topic)
     tp = TopicPartition(topic, 0)
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{topic_prefix}txn")
     await producer.start()
@@ -150,12 +149,7 @@ async def test_a_producer_whose_transactional_id_was_taken_is_fenced_on_commit(
     fencing.install()
     txn_v2.install()
     topic = f"{topic_prefix}fenced"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
+    await _create(kafka_bootstrap, topic)
     old = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{topic_prefix}same")
     new = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{topic_prefix}same")
     await old.start()
