@@ -1113,14 +1113,18 @@ class Worker:
         producer = self._producer
         await batches.begin(producer)
         placed = await batches.write(producer, records)
+        # aiokafka ends a transaction even when one of its batches failed: it must hold all of them, or none.
+        for batch in {id(p.batch): p.batch for p in placed}.values():
+            await batch  # raises if it failed; no wait at all once it is delivered
         if pending.offsets:
+            # Only once the records are written: Kafka adds partitions to a transaction as their first records
+            # arrive, and the offsets' partition as the offsets do, and its broker keeps one addition per
+            # transaction waiting to be checked. Sent together, one displaces the other, which is answered
+            # NETWORK_EXCEPTION and retried (one commit in five of a closed loop, before this).
             # Named with this member's generation, so that a commit after the group dropped it is refused.
             assert self._consumer is not None
             member = fencing.group_member(self._consumer, self.settings.group)
             await fencing.send_offsets(producer, pending.offsets, member)
-        # aiokafka ends a transaction even when one of its batches failed: it must hold all of them, or none.
-        for batch in {id(p.batch): p.batch for p in placed}.values():
-            await batch  # raises if it failed; no wait at all once it is delivered
         await producer.commit_transaction()
         pending.committed = True
         self.transactions += 1
