@@ -14,6 +14,7 @@ records it, and the outcome is reported to the inbox only if the run's next step
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -77,12 +78,18 @@ class StepExecutor:
         """
         attempt = task.attempt_id
         running = self._running.get(attempt)
-        if running is not None:
+        if running is not None and not running.done():
             running.add_done_callback(lambda _: done())  # the same attempt is running here already
             return
+        # A job that has ended but whose end was not heard of yet is not running: an outcome it handed to a
+        # transaction that was then dropped must be produced again.
         job = asyncio.create_task(self._run(task, done), name=f"step {task.idempotency_key}#{task.attempt}")
         self._running[attempt] = job
-        job.add_done_callback(lambda _: self._running.pop(attempt, None))
+        job.add_done_callback(functools.partial(self._ended, attempt))
+
+    def _ended(self, attempt: tuple[str, int, int], job: asyncio.Task[None]) -> None:
+        if self._running.get(attempt) is job:  # not a later job of the same attempt
+            del self._running[attempt]
 
     async def _run(self, task: StepTask, done: Callable[[], None]) -> None:
         release: Callable[[], None] | None = done
