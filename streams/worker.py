@@ -1095,8 +1095,15 @@ class Worker:
         self._open = Pending()
         self._room.set()
         self._committing = pending
+        limit = self.settings.transaction_timeout_ms / 1000
         try:
-            await self._commit(pending)
+            # A transaction open longer than this is aborted by the broker anyway; a commit still waiting then (its
+            # records retried without end, say) is rolled back here rather than holding every later input.
+            async with asyncio.timeout(limit):
+                await self._commit(pending)
+        except TimeoutError:
+            await self._roll_back()
+            raise TimeoutError(f"the commit did not end within the transaction timeout ({limit:.0f}s)") from None
         except BaseException:
             await self._roll_back()
             raise

@@ -16,15 +16,18 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
+from streams import batches
+from streams.batches import Placed, Record
 from streams.check import check
 from streams.client import Client
 from streams.pending import Pending
 from streams.records import StepTask
 from streams.settings import Settings
 from streams.worker import Worker
-from tests.support import steps_recorded_ms
-from tests.workflows import journaled
+from tests.support import running_worker, steps_recorded_ms
+from tests.workflows import Greeting, app, chain, journaled
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +99,26 @@ async def test_a_commit_failing_after_the_broker_took_it_runs_no_finished_step_a
     assert sum(executed.values()) == len(decided)  # every execution was decided here, so none went unchecked
     report = await check(settings)
     assert report.ok, report.findings
+
+
+async def test_a_commit_that_never_ends_is_rolled_back_after_the_transaction_timeout(
+    settings: Settings, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A commit whose records are retried without end (the broker never takes them) would hold every later input.
+    hung = 0
+    write = batches.write
+
+    async def never_the_first_time(producer: AIOKafkaProducer, records: list[Record]) -> list[Placed]:
+        nonlocal hung
+        if hung == 0:
+            hung += 1
+            await asyncio.Event().wait()
+        return await write(producer, records)
+
+    monkeypatch.setattr(batches, "write", never_the_first_time)
+    quick = settings.model_copy(update={"transaction_timeout_ms": 2_000})
+    async with running_worker(app, quick) as worker:
+        handle = await client.start(chain, Greeting(name="late"), id="after-a-hung-commit")
+        assert "completed" == (await handle.completion(timeout=60)).status
+        assert 1 == hung
+        assert worker.transactions >= 1
