@@ -169,8 +169,10 @@ class Worker:
         """Held while a transaction commits and while partitions change hands."""
         self._stopping = asyncio.Event()
         self._partition: RunPartitioner = RunPartitioner(settings.partitions)
+        self._owned: set[int] = set()
+        """Partitions the group gave this worker (as its listener heard): a resync reloads these, and only these."""
         self._restored: set[int] = set()
-        """Partitions whose local state is up to date with the changelog: only their inputs are applied."""
+        """Owned partitions whose local state is up to date with the changelog: only their inputs are applied."""
         self._open = Pending()
         """What is being applied now, for the next transaction."""
         self._committing: Pending | None = None
@@ -440,7 +442,9 @@ class Worker:
         owner. Every input it holds is in the inbox, after the committed offsets; the group protocol revokes all
         partitions, and the ones assigned again are read from their committed offsets.
         """
-        async with self._withheld({tp.partition for tp in revoked}):  # their inputs are left to the next owner
+        partitions = {tp.partition for tp in revoked}
+        self._owned -= partitions  # before waiting for the lock: a resync holding it must not take them back
+        async with self._withheld(partitions):  # their inputs are left to the next owner
             self._drop_open()
             self._forget(revoked)
         logger.info("revoked %s", sorted((tp.topic, tp.partition) for tp in revoked))
@@ -515,13 +519,31 @@ class Worker:
             del self._local[at]
 
     async def assign(self, assigned: set[TopicPartition]) -> None:
-        """Bring the local state of newly owned partitions up to date from the changelog."""
+        """Bring the local state of newly owned partitions up to date from the changelog.
+
+        If that fails (the broker is away), the worker reloads them as after a failed commit (:meth:`_resync`):
+        aiokafka would only log the error, and the partitions would stay owned and never be applied.
+        """
         partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topics.inbox)
         began = time.monotonic()
         async with self._withheld(set(partitions)):  # no input is applied to a state not restored yet
+            self._owned |= set(partitions)
             self._cache.clear()
             self._forget(assigned)
-            restored = await self._restore(partitions)
+            try:
+                restored = await self._restore(partitions)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                logger.warning("could not restore partitions %s (%s): they are reloaded next", partitions, exc)
+                self._restored.clear()
+                self._drop_open()
+                self._out_of_sync = True
+                return
+            except Exception as exc:  # RocksDB itself: stop, and let the partitions' next owner restore them
+                logger.exception("restoring partitions %s failed; stopping the worker", partitions)
+                self._failure = exc
+                self.stop()
+                self._room.set()
+                return
             inbox = {tp for tp in assigned if tp.topic == self.topics.inbox}
             await self._resume_at_committed(inbox)
             await self._catch_up(inbox)
@@ -1200,10 +1222,13 @@ class Worker:
         The restore waits until the changelog has no transaction pending, so a commit whose outcome was unknown
         is either in the state and the offsets, or in neither. Inputs read again that the state already took
         are dropped by the actor (a duplicate start, outcome or firing changes nothing).
+
+        Owned means as the rebalance listener last heard: between a revoke and the next assignment, aiokafka
+        still names the revoked partitions as assigned, and a resync then must not mark them restored.
         """
         assert self._consumer is not None
         async with self._lock:
-            assigned = self._consumer.assignment()
+            assigned = {tp for tp in self._consumer.assignment() if tp.partition in self._owned}
             partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topics.inbox)
             await self._restore(partitions)
             positions = await self._positions(assigned)
@@ -1216,3 +1241,5 @@ class Worker:
             self._restored = set(partitions)
             self._out_of_sync = False
         logger.info("resynchronised partitions %s from the changelog and committed offsets", partitions)
+        if partitions:
+            self.ready.set()

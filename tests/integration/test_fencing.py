@@ -10,7 +10,7 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import IllegalGenerationError, ProducerFenced, UnknownMemberIdError
+from aiokafka.errors import IllegalGenerationError, KafkaConnectionError, ProducerFenced, UnknownMemberIdError
 
 from streams import fencing, txn_v2
 from streams.client import Client
@@ -216,3 +216,46 @@ async def _as_after_a_failed_commit(worker: Worker) -> None:
         worker._restored.clear()
         worker._drop_open()
         worker._out_of_sync = True
+
+
+async def test_a_resync_between_a_revoke_and_the_next_assignment_takes_no_revoked_partition_back(
+    worker: Worker, client: Client
+) -> None:
+    # During a rebalance aiokafka still names the revoked partitions as assigned. A resync that ran then (after a
+    # commit failed) marked them restored: the worker went on applying step outcomes and firings of runs another
+    # worker owned, and committing them in a generation the group accepts.
+    assert worker._consumer is not None
+    owned = set(worker._consumer.assignment())
+    await _as_after_a_failed_commit(worker)
+    await worker.revoke(owned)  # as the listener does before the worker rejoins
+    await worker._resync()
+    assert set() == worker._restored
+    assert {} == worker._consumed
+
+    await worker.assign(owned)  # the same partitions again: the worker goes on
+    assert {tp.partition for tp in owned} == worker._restored
+    handle = await client.start(chain, Greeting(name="again"), id="after-resync")
+    assert "completed" == (await handle.completion(timeout=30)).status
+
+
+async def test_partitions_whose_restore_failed_on_assignment_are_reloaded(worker: Worker, client: Client) -> None:
+    # aiokafka only logs what the assignment listener raises: the partitions would stay owned and never applied.
+    assert worker._consumer is not None
+    owned = set(worker._consumer.assignment())
+    await worker.revoke(owned)
+    restore = worker._restore
+    failures = 0
+
+    async def broker_away(partitions: list[int]) -> int:
+        nonlocal failures
+        if failures == 0 and partitions:
+            failures += 1
+            raise KafkaConnectionError("broker away")
+        return await restore(partitions)
+
+    worker._restore = broker_away  # type: ignore[method-assign]
+    await worker.assign(owned)
+    assert 1 == failures
+    await eventually(lambda: worker._restored == {tp.partition for tp in owned}, timeout=30, interval=0.05)
+    handle = await client.start(chain, Greeting(name="back"), id="after-restore")
+    assert "completed" == (await handle.completion(timeout=30)).status
