@@ -271,6 +271,16 @@ class Worker:
             raise
         return producer
 
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        """The transactional producer, a new one if the last could not abort its transaction.
+
+        Starting the new one fences that transaction at once: a restore would otherwise wait for the broker to time
+        it out (``transaction_timeout_ms``), since it holds back the changelog's last stable offset.
+        """
+        if self._producer is None:
+            self._producer = await self._transactional_producer()
+        return self._producer
+
     async def run(self) -> None:
         """Start, then process records until :meth:`stop` is called or the task is cancelled."""
         await self.start()
@@ -531,6 +541,7 @@ class Worker:
             self._cache.clear()
             self._forget(assigned)
             try:
+                await self._ensure_producer()
                 restored = await self._restore(partitions)
             except (KafkaError, OSError, TimeoutError) as exc:
                 logger.warning("could not restore partitions %s (%s): they are reloaded next", partitions, exc)
@@ -1134,12 +1145,10 @@ class Worker:
         self._last_commit = time.monotonic()
 
     async def _commit(self, pending: Pending) -> None:
-        if self._producer is None:
-            self._producer = await self._transactional_producer()
+        producer = await self._ensure_producer()
         encoded = [(key, partition, STATE.encode(state)) for key, (partition, state) in pending.states.items()]
         records = [Record(o.topic, o.partition, o.key, o.value, o.headers) for o in pending.outputs]
         records += [Record(self.topics.state, p, key.encode(), value, STATE.headers) for key, p, value in encoded]
-        producer = self._producer
         await batches.begin(producer)
         placed = await batches.write(producer, records)
         # aiokafka ends a transaction even when one of its batches failed: it must hold all of them, or none.
@@ -1228,6 +1237,7 @@ class Worker:
         """
         assert self._consumer is not None
         async with self._lock:
+            await self._ensure_producer()
             assigned = {tp for tp in self._consumer.assignment() if tp.partition in self._owned}
             partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topics.inbox)
             await self._restore(partitions)

@@ -12,12 +12,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import IllegalGenerationError, KafkaConnectionError, ProducerFenced, UnknownMemberIdError
 
-from streams import fencing, txn_v2
+from streams import batches, fencing, txn_v2
 from streams.client import Client
 from streams.pending import Pending
+from streams.settings import Settings
 from streams.worker import Worker
-from tests.support import eventually
-from tests.workflows import Greeting, chain, napper
+from tests.support import eventually, running_worker
+from tests.workflows import Greeting, app, chain, napper
 
 pytestmark = pytest.mark.integration
 
@@ -259,3 +260,31 @@ async def test_partitions_whose_restore_failed_on_assignment_are_reloaded(worker
     await eventually(lambda: worker._restored == {tp.partition for tp in owned}, timeout=30, interval=0.05)
     handle = await client.start(chain, Greeting(name="back"), id="after-restore")
     assert "completed" == (await handle.completion(timeout=30)).status
+
+
+async def test_a_transaction_left_open_by_a_producer_that_could_not_abort_it_does_not_hold_up_the_resync(
+    settings: Settings, client: Client
+) -> None:
+    # After an abort that failed (the broker away), the worker drops its producer. The transaction it left open holds
+    # back the changelog's last stable offset, which the resync's restore waits for: until the broker times the
+    # transaction out, unless a new producer with the same transactional id fences it first.
+    patient = settings.model_copy(update={"transaction_timeout_ms": 300_000})
+    async with running_worker(app, patient) as worker:
+        handle = await client.start(chain, Greeting(name="before"), id="before-orphan")
+        assert "completed" == (await handle.completion(timeout=30)).status
+        async with worker._lock:
+            orphan = worker._producer
+            assert orphan is not None
+            await batches.begin(orphan)
+            await (await orphan.send(worker.topics.state, b"never committed", key=b"orphan", partition=0))
+            worker._producer = None  # as after an abort that failed
+        try:
+            await _as_after_a_failed_commit(worker)
+            worker._work.set()
+            await eventually(lambda: not worker._out_of_sync, timeout=60, interval=0.1)  # not 300 s
+            with pytest.raises(ProducerFenced):
+                await orphan.commit_transaction()
+        finally:
+            await orphan.stop()
+        handle = await client.start(chain, Greeting(name="after"), id="after-orphan")
+        assert "completed" == (await handle.completion(timeout=30)).status
