@@ -1158,7 +1158,7 @@ class Worker:
             # Only once the records are written: Kafka adds partitions to a transaction as their first records
             # arrive, and the offsets' partition as the offsets do, and its broker keeps one addition per
             # transaction waiting to be checked. Sent together, one displaces the other, which is answered
-            # NETWORK_EXCEPTION and retried (one commit in five of a closed loop, before this).
+            # NETWORK_EXCEPTION and retried.
             # Named with this member's generation, so that a commit after the group dropped it is refused.
             assert self._consumer is not None
             member = fencing.group_member(self._consumer, self.settings.group)
