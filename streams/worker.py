@@ -338,7 +338,11 @@ class Worker:
             return
         # The committer, the timer service or a trigger died: stop the worker rather than run on without it.
         logger.error("%s failed; stopping the worker", task.get_name(), exc_info=task.exception())
-        self._failure = task.exception()
+        self._fail(task.exception())
+
+    def _fail(self, failure: BaseException | None) -> None:
+        """Stop the worker because of ``failure``, which :meth:`run` raises once it has shut down."""
+        self._failure = failure
         self.stop()
         self._room.set()
 
@@ -545,15 +549,11 @@ class Worker:
                 restored = await self._restore(partitions)
             except (KafkaError, OSError, TimeoutError) as exc:
                 logger.warning("could not restore partitions %s (%s): they are reloaded next", partitions, exc)
-                self._restored.clear()
-                self._drop_open()
-                self._out_of_sync = True
+                self._unsync()
                 return
             except Exception as exc:  # RocksDB itself: stop, and let the partitions' next owner restore them
                 logger.exception("restoring partitions %s failed; stopping the worker", partitions)
-                self._failure = exc
-                self.stop()
-                self._room.set()
+                self._fail(exc)
                 return
             inbox = {tp for tp in assigned if tp.topic == self.topics.inbox}
             await self._resume_at_committed(inbox)
@@ -1200,6 +1200,12 @@ class Worker:
                     self._start(step)
         pending.let_go()
 
+    def _unsync(self) -> None:
+        """Drop what was applied and not committed, and apply nothing more until :meth:`_resync` reloads."""
+        self._restored.clear()  # inputs are neither applied nor offered until the resync
+        self._drop_open()
+        self._out_of_sync = True
+
     async def _roll_back(self) -> None:
         """Abort the transaction, forget everything not committed, and stop applying until :meth:`_resync`.
 
@@ -1207,12 +1213,10 @@ class Worker:
         decision and then died): the truth is on the changelog and in the group's offsets, once it settled. One
         known to have committed is not aborted; the resync still follows, since the local copy may be partly written.
         """
-        self._restored.clear()  # inputs are neither applied nor offered until the resync
-        self._drop_open()
+        self._unsync()
         if self._committing is not None:
             self._drop_early(self._committing)
             self._unoffer(self._committing)
-        self._out_of_sync = True
         if self._producer is None or self._stopping.is_set():
             return  # stopping: close() closes the producer, and its successor fences the open transaction
         if not batches.transaction_open(self._producer):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiokafka import AIOKafkaProducer
 
@@ -12,6 +13,7 @@ from streams.clock import WallClock
 from streams.executor import StepExecutor
 from streams.pending import EarlyInput, Pending
 from streams.records import StepTask
+from tests.support import eventually
 
 CALLS: list[str] = []
 
@@ -61,10 +63,8 @@ async def test_an_attempt_whose_outcome_is_dropped_as_soon_as_it_finished_runs_a
     )
     try:
         executor.submit(_task(), lambda: None)
-        for _ in range(200):
-            if len(CALLS) == 2 and not executor.in_flight:
-                break
-            await asyncio.sleep(0.01)
+        with contextlib.suppress(AssertionError):  # the assertions below say what went wrong
+            await eventually(lambda: len(CALLS) == 2 and not executor.in_flight, timeout=2, interval=0.01)
         assert ["last", "last"] == CALLS
         assert 2 == len(taken)
     finally:
