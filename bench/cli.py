@@ -20,6 +20,7 @@ from bench import machine, peer_runs, report
 from bench.procs import ROOT, WORK, fresh_broker
 from bench.workloads import SUMMARY, WORKLOADS, select
 from bench.workloads.base import DEFAULTS, FLUSH_EACH, SETTINGS, Env, Setting, Sizes
+from streams.broker import BrokerConfig
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -135,6 +136,7 @@ def _durability(setting: Setting) -> dict[str, Any]:
     return {
         "summary": setting.describe(),
         "broker_extra": setting.broker_extra,
+        "broker_jvm_options": list(BrokerConfig().jvm_options),
         "producer_acks": "all",
         "idempotence": True,
         "transactions": "one per worker batch (state, events, tasks, completions, consumed offsets)",

@@ -111,6 +111,16 @@ def _tie_to_parent() -> None:  # pragma: no cover - runs in the child between fo
     os.setsid()
 
 
+QUICK_JIT = ("-XX:TieredStopAtLevel=1",)
+"""Compile the broker's hot code with the JVM's quick compiler (C1) and never with its optimizing one (C2).
+
+The broker shares two cores with the worker, and a fresh JVM's optimizing compiler is its largest consumer of
+CPU for minutes: a third of a core and more while a benchmark runs, more than the broker spends on requests.
+With the quick compiler alone the broker used about half the CPU per workflow and W1 was faster in every pair
+measured side by side (``bench/results/broker-jit``). A broker that runs for weeks may prefer the JVM's own tiers
+(``jvm_options=()``)."""
+
+
 @dataclass(slots=True)
 class BrokerConfig:
     """Where and how the local broker runs.
@@ -122,6 +132,8 @@ class BrokerConfig:
         heap: JVM heap, sized for a 2-core / 24 GiB machine by default.
         partitions: default partition count of auto-created topics.
         extra: further ``server.properties`` settings, e.g. ``{"log.flush.interval.messages": "1"}``.
+        jvm_options: further JVM options. By default the JIT compiles with its quick compiler only
+            (:data:`QUICK_JIT`); ``()`` gives the JVM's own tiers.
     """
 
     home: Path = field(default_factory=lambda: Path(os.environ.get("STEADY_BROKER_HOME", ".steady/broker")))
@@ -132,6 +144,7 @@ class BrokerConfig:
     heap: str = "768m"
     partitions: int = 8
     extra: dict[str, str] = field(default_factory=dict)
+    jvm_options: tuple[str, ...] = QUICK_JIT
 
 
 def ensure_jars(jars: Path) -> Path:
@@ -260,6 +273,7 @@ class LocalBroker:
             "-XX:MaxGCPauseMillis=20",
             "-XX:+ExitOnOutOfMemoryError",
             "-Djava.awt.headless=true",
+            *self.config.jvm_options,
             f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={self.home / 'logs'}",
             "-cp",
