@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from actors.commands import Command
 from actors.errors import ErrorInfo
-from actors.events import Event
+from actors.events import Event, StepScheduled
 from actors.model import RunState, Timer
 from actors.payload import Payload
 from schemas.codec import Codec, codec
@@ -42,6 +42,24 @@ class StepTask:
         """What identifies this attempt of this step of this run: run key, call number, attempt."""
         return (self.key, self.seq, self.attempt)
 
+    @classmethod
+    def scheduled(cls, state: RunState, step: StepScheduled, at_ms: int) -> StepTask:
+        """The task of the attempt that ``step`` scheduled in the run of ``state``, at ``at_ms``."""
+        return cls(
+            tenant=state.tenant,
+            workflow_id=state.workflow_id,
+            workflow_type=state.workflow_type,
+            version=state.version,
+            seq=step.seq,
+            name=step.name,
+            attempt=step.attempt,
+            function=step.function,
+            args=step.args,
+            idempotency_key=f"{state.tenant}/{state.workflow_id}/{step.name}/{step.occurrence}",
+            timeout_ms=step.options.timeout_ms,
+            at_ms=at_ms,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Completion:
@@ -61,6 +79,21 @@ class Completion:
     def key(self) -> str:
         """``tenant/workflow_id``."""
         return f"{self.tenant}/{self.workflow_id}"
+
+    @classmethod
+    def of(cls, state: RunState, at_ms: int) -> Completion:
+        """The terminal record of the run of ``state``, which ended at ``at_ms``."""
+        return cls(
+            tenant=state.tenant,
+            workflow_id=state.workflow_id,
+            workflow_type=state.workflow_type,
+            version=state.version,
+            status=state.status.value,
+            result=state.result,
+            error=state.error,
+            started_at_ms=state.started_at_ms,
+            at_ms=at_ms,
+        )
 
 
 @dataclass(frozen=True, slots=True)

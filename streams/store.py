@@ -2,19 +2,24 @@
 
 Each write batch stores the states of a committed transaction together with the changelog offset they
 reflect (Kafka Streams' "offsets next to data"), so a restarted worker knows exactly where in the changelog
-to resume. Values are the same Avro bytes as on the changelog.
+to resume (:func:`restore`). Values are the same Avro bytes as on the changelog.
 """
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Iterable
 from pathlib import Path
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from rocksdict import Options, Rdict, WriteBatch
 
 from actors.model import RunState
 from streams.records import STATE
+from streams.topics import settled_ends
+
+logger = logging.getLogger(__name__)
 
 _STATE = b"s"
 _CHECKPOINT = b"c"
@@ -89,3 +94,46 @@ class RunStore:
     def close(self) -> None:
         """Flush and close the database."""
         self._db.close()
+
+
+async def restore(store: RunStore, bootstrap: str, changelog: str, partitions: list[int], *, settle_s: float) -> int:
+    """Bring ``store`` up to date with ``partitions`` of the ``changelog`` topic; how many states were read.
+
+    Each partition is read from where the store left it to the changelog's end, once the transactions open on it
+    have ended (``settle_s`` seconds at most: a previous owner's last commit may have returned while its markers
+    are still being written). A changelog that ends before the store's position was recreated: the store's copy
+    of that partition is dropped and read again from the start.
+    """
+    if not partitions:
+        return 0
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    restored = 0
+    try:
+        tps = [TopicPartition(changelog, p) for p in partitions]
+        consumer.assign(tps)
+        ends = await settled_ends(bootstrap, consumer, tps, timeout=settle_s)
+        todo = {}
+        for tp in tps:
+            start = store.next_offset(tp.partition)
+            if start > ends[tp]:
+                logger.warning("changelog %s was recreated; dropping the local copy", tp)
+                store.clear(tp.partition)
+                start = 0
+            if start < ends[tp]:
+                consumer.seek(tp, start)
+                todo[tp] = ends[tp]
+        while todo:
+            batch = await consumer.getmany(*todo, timeout_ms=500)
+            for tp, records in batch.items():
+                writes = [(r.key.decode(), r.value) for r in records if r.key is not None]
+                store.write(tp.partition, writes, records[-1].offset + 1)
+                restored += len(writes)
+            for tp in list(todo):
+                if await consumer.position(tp) >= todo[tp]:
+                    store.write(tp.partition, [], todo.pop(tp))
+    finally:
+        await consumer.stop()
+    return restored

@@ -130,6 +130,21 @@ async def settled_ends(
         await asyncio.sleep(0.05)
 
 
+async def committed_positions(consumer: AIOKafkaConsumer, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
+    """Where ``consumer``'s group resumes on ``partitions``: its committed offsets, else their first offsets."""
+    positions: dict[TopicPartition, int] = {}
+    uncommitted: list[TopicPartition] = []
+    for tp in partitions:
+        offset = await consumer.committed(tp)
+        if offset is None or offset < 0:
+            uncommitted.append(tp)
+        else:
+            positions[tp] = offset
+    if uncommitted:
+        positions.update(await consumer.beginning_offsets(uncommitted))
+    return positions
+
+
 async def read_topic(bootstrap: str, topic: str, *, timeout: float = 120.0) -> list[ConsumerRecord]:
     """Every committed record of ``topic`` from the beginning to its end as of the call, partition by partition.
 

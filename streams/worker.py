@@ -62,9 +62,9 @@ from streams.records import (
     timer_key,
 )
 from streams.settings import Settings
-from streams.store import RunStore
+from streams.store import RunStore, restore
 from streams.timers import TimerService
-from streams.topics import RunPartitioner, Topics, ensure_topics, group_consumer, settled_ends, written_ends
+from streams.topics import RunPartitioner, Topics, committed_positions, ensure_topics, group_consumer, written_ends
 from streams.trigger import TriggerRunner
 
 logger = logging.getLogger(__name__)
@@ -572,31 +572,14 @@ class Worker:
 
         The reader resumes there, so every input before is applied. Knowing it before the first read places
         inputs offered at that offset in order, and gives a transaction of inputs taken before they were written
-        an offset to commit again: its fence (see :meth:`_commit_open`).
-        """
-        try:
-            async with asyncio.timeout(COMMITTED_TIMEOUT_S):  # aiokafka retries while the coordinator is away
-                self._consumed.update(await self._positions(inbox))
-        except (KafkaError, OSError, TimeoutError) as exc:
-            logger.warning("committed offsets of %s unknown (%s); positions follow the first reads", inbox, exc)
-
-    async def _positions(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
-        """Where the reader resumes on ``partitions``: the group's committed offsets, else their first offsets.
-
-        Known before the first read, a first offset is a fence like a committed one (see :meth:`_commit_open`).
+        an offset to commit again: its fence (see :meth:`_commit_open`), a first offset as well as a committed one.
         """
         assert self._consumer is not None
-        positions: dict[TopicPartition, int] = {}
-        uncommitted: list[TopicPartition] = []
-        for tp in partitions:
-            offset = await self._consumer.committed(tp)
-            if offset is None or offset < 0:
-                uncommitted.append(tp)
-            else:
-                positions[tp] = offset
-        if uncommitted:
-            positions.update(await self._consumer.beginning_offsets(uncommitted))
-        return positions
+        try:
+            async with asyncio.timeout(COMMITTED_TIMEOUT_S):  # aiokafka retries while the coordinator is away
+                self._consumed.update(await committed_positions(self._consumer, inbox))
+        except (KafkaError, OSError, TimeoutError) as exc:
+            logger.warning("committed offsets of %s unknown (%s); positions follow the first reads", inbox, exc)
 
     async def _catch_up(self, inbox: set[TopicPartition]) -> None:
         """Read no step task of the partitions of ``inbox`` until the reader has read them to where they end now.
@@ -638,45 +621,8 @@ class Worker:
         self._flow_control()
 
     async def _restore(self, partitions: list[int]) -> int:
-        if not partitions:
-            return 0
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            group_id=None,
-        )
-        await consumer.start()
-        restored = 0
-        try:
-            tps = [TopicPartition(self.topics.state, p) for p in partitions]
-            consumer.assign(tps)
-            # a previous owner's last commit may have returned while its markers are still being written
-            ends = await settled_ends(
-                self.settings.bootstrap, consumer, tps, timeout=self.settings.transaction_timeout_ms / 1000 + 30
-            )
-            todo = {}
-            for tp in tps:
-                start = self._store.next_offset(tp.partition)
-                if start > ends[tp]:
-                    logger.warning("changelog %s was recreated; dropping the local copy", tp)
-                    self._store.clear(tp.partition)
-                    start = 0
-                if start < ends[tp]:
-                    consumer.seek(tp, start)
-                    todo[tp] = ends[tp]
-            while todo:
-                batch = await consumer.getmany(*todo, timeout_ms=500)
-                for tp, records in batch.items():
-                    writes = [(r.key.decode(), r.value) for r in records if r.key is not None]
-                    self._store.write(tp.partition, writes, records[-1].offset + 1)
-                    restored += len(writes)
-                for tp in list(todo):
-                    if await consumer.position(tp) >= todo[tp]:
-                        self._store.write(tp.partition, [], todo.pop(tp))
-        finally:
-            await consumer.stop()
-        return restored
+        settle = self.settings.transaction_timeout_ms / 1000 + 30  # a previous owner's transaction may be open
+        return await restore(self._store, self.settings.bootstrap, self.topics.state, partitions, settle_s=settle)
 
     def _flow_control(self) -> None:
         """Stop reading while too many steps wait for a slot; inputs wait in Kafka, which costs no memory.
@@ -1017,20 +963,7 @@ class Worker:
             pending.outputs.append(Out(self.topics.history, partition, key, EVENT.encode(event), EVENT.headers))
             body = event.body
             if isinstance(body, StepScheduled) and state is not None:
-                task = StepTask(
-                    tenant=state.tenant,
-                    workflow_id=state.workflow_id,
-                    workflow_type=state.workflow_type,
-                    version=state.version,
-                    seq=body.seq,
-                    name=body.name,
-                    attempt=body.attempt,
-                    function=body.function,
-                    args=body.args,
-                    idempotency_key=f"{state.tenant}/{state.workflow_id}/{body.name}/{body.occurrence}",
-                    timeout_ms=body.options.timeout_ms,
-                    at_ms=event.at_ms,
-                )
+                task = StepTask.scheduled(state, body, event.at_ms)
                 step = LocalStep(task)
                 pending.outputs.append(Out(self.topics.tasks, partition, key, TASK.encode(task), TASK.headers, step))
                 taking = self._taking
@@ -1051,17 +984,7 @@ class Worker:
                 tombstone = timer_key(command.key, body.timer_id).encode()
                 pending.outputs.append(Out(self.topics.timers, partition, tombstone, None, []))
             elif isinstance(body, WorkflowCompleted | WorkflowFailed | WorkflowCancelled) and state is not None:
-                done = Completion(
-                    tenant=state.tenant,
-                    workflow_id=state.workflow_id,
-                    workflow_type=state.workflow_type,
-                    version=state.version,
-                    status=state.status.value,
-                    result=state.result,
-                    error=state.error,
-                    started_at_ms=state.started_at_ms,
-                    at_ms=event.at_ms,
-                )
+                done = Completion.of(state, event.at_ms)
                 pending.outputs.append(
                     Out(self.topics.completions, partition, key, COMPLETION.encode(done), COMPLETION.headers)
                 )
@@ -1245,7 +1168,7 @@ class Worker:
             assigned = {tp for tp in self._consumer.assignment() if tp.partition in self._owned}
             partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topics.inbox)
             await self._restore(partitions)
-            positions = await self._positions(assigned)
+            positions = await committed_positions(self._consumer, assigned)
             for tp, offset in positions.items():
                 self._consumer.seek(tp, offset)
             self._forget(assigned)
