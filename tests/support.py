@@ -22,6 +22,22 @@ from streams.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
 
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "if sys.platform.startswith('linux'):\n"
+    "    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit('the test process ended before its worker started')\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
+)
+"""Run as ``python -c _DIE_WITH_PARENT <parent pid> <args>``: ``python <args>``, killed when the test process dies.
+
+The death signal is asked for in a process of its own, which then becomes the worker (it survives ``exec``):
+``preexec_fn`` is not safe in a process with threads, as the test process is. A worker outliving a killed test
+run would hold its partitions and ports. Linux sends the signal when the thread that started the process ends:
+start workers from the event loop's thread.
+"""
+
 
 async def histories(bootstrap: str, prefix: str) -> dict[str, list[Event]]:
     """Every run's history events by run key, in order."""
@@ -99,7 +115,8 @@ class WorkerProcess:
     def start(self) -> None:
         s = self.settings
         cmd = [
-            sys.executable, "-m", "streams.cli", "worker", "--app", self.app,
+            sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()),
+            "-m", "streams.cli", "worker", "--app", self.app,
             "--bootstrap", s.bootstrap, "--prefix", s.prefix,
             "--worker-id", s.worker_id, "--state-dir", str(s.state_dir),
         ]  # fmt: skip
