@@ -8,12 +8,37 @@ partition appends a record for a fraction of that. Records keep their order with
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.producer.transaction_manager import TransactionState
 from aiokafka.structs import RecordMetadata
+
+
+class Writable(Protocol):
+    """What a record to write has: :class:`Record`, or any object with these attributes."""
+
+    @property
+    def topic(self) -> str:
+        """The topic it goes to."""
+
+    @property
+    def partition(self) -> int:
+        """Its partition of that topic."""
+
+    @property
+    def key(self) -> bytes | None:
+        """Its key."""
+
+    @property
+    def value(self) -> bytes | None:
+        """Its value (``None``: a tombstone)."""
+
+    @property
+    def headers(self) -> list[tuple[str, bytes]]:
+        """Its headers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +88,7 @@ def transaction_open(producer: AIOKafkaProducer) -> bool:
     return manager is not None and manager.state is not TransactionState.READY
 
 
-async def write(producer: AIOKafkaProducer, records: list[Record]) -> list[Placed]:
+async def write(producer: AIOKafkaProducer, records: Sequence[Writable]) -> list[Placed]:
     """Queue ``records`` for the producer's open transaction; their places, in the same order.
 
     Raises:
@@ -95,5 +120,5 @@ async def write(producer: AIOKafkaProducer, records: list[Record]) -> list[Place
     return [p for p in placed if p is not None]
 
 
-def _append(builder: Any, record: Record) -> bool:
+def _append(builder: Any, record: Writable) -> bool:
     return builder.append(key=record.key, value=record.value, timestamp=None, headers=record.headers) is not None

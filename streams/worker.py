@@ -42,7 +42,7 @@ from actors.model import EntryKind, EntryState, RunState, RunStatus
 from actors.workflow import Registry
 from schemas.codec import CodecError
 from streams import batches, fencing, txn_v2
-from streams.batches import Record
+from streams.batches import Record, Writable
 from streams.clock import Clock, WallClock
 from streams.executor import StepExecutor
 from streams.loop import CLOSE_TIMEOUT_S, bounded
@@ -953,7 +953,8 @@ class Worker:
         """
         if key in self._waiting_runs:
             return False  # an outcome it took is not durable yet
-        return all(p is None or key not in p.held for p in (self._open, self._committing))
+        committing = self._committing
+        return key not in self._open.held and (committing is None or key not in committing.held)
 
     def _emit(
         self, command: Command, state: RunState | None, events: list[Event], partition: int, pending: Pending
@@ -1070,7 +1071,7 @@ class Worker:
     async def _commit(self, pending: Pending) -> None:
         producer = await self._ensure_producer()
         encoded = [(key, partition, STATE.encode(state)) for key, (partition, state) in pending.states.items()]
-        records = [Record(o.topic, o.partition, o.key, o.value, o.headers) for o in pending.outputs]
+        records: list[Writable] = list(pending.outputs)  # an output has what a record to write has
         records += [Record(self.topics.state, p, key.encode(), value, STATE.headers) for key, p, value in encoded]
         await batches.begin(producer)
         placed = await batches.write(producer, records)
