@@ -9,15 +9,8 @@ import time
 
 import pytest
 
+from streams.broker import _pid_alive
 from tests.support import _DIE_WITH_PARENT
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
@@ -42,9 +35,9 @@ def test_a_process_started_through_the_guard_is_killed_when_its_parent_is() -> N
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=10)
         deadline = time.monotonic() + 10
-        while _alive(child) and time.monotonic() < deadline:
+        while _pid_alive(child) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert not _alive(child)
+        assert not _pid_alive(child)
     finally:
         parent.kill()
         parent.wait(timeout=10)
