@@ -13,7 +13,7 @@ import functools
 import importlib
 import inspect
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +72,11 @@ def _arguments(name: str, args: payload.Payload, adapters: list[TypeAdapter[Any]
 
 
 async def run_step(function: str, args: payload.Payload, info: StepInfo, pool: Executor) -> payload.Payload | StepError:
-    """Run one attempt of the step ``function`` with ``args``; never raises for the step's own errors."""
+    """Run one attempt of the step ``function`` with ``args``; never raises for the step's own errors.
+
+    Await it in a task of its own (both executors start one per attempt): an async step runs in that task and
+    tells it who it is (:func:`actors.current_step`), which no other task sees.
+    """
     try:
         fn, adapters = resolve(function)
         values = _arguments(info.step, args, adapters)
@@ -80,7 +84,8 @@ async def run_step(function: str, args: payload.Payload, info: StepInfo, pool: E
         return StepError(ErrorInfo("StepFunctionError", str(exc), retryable=False))
     try:
         if inspect.iscoroutinefunction(fn):
-            result = await asyncio.create_task(_call_async(fn, values, info))
+            set_current_step(info)  # in the attempt's own task (see above): invisible to other steps
+            result = await fn(*values)
         else:
             ctx = contextvars.copy_context()
             ctx.run(set_current_step, info)
@@ -95,8 +100,3 @@ async def run_step(function: str, args: payload.Payload, info: StepInfo, pool: E
         return payload.encode(result)
     except (TypeError, ValueError) as exc:
         return StepError(ErrorInfo("InvalidResult", f"step result cannot be encoded as JSON: {exc}", retryable=False))
-
-
-async def _call_async(fn: Callable[..., Awaitable[Any]], args: list[Any], info: StepInfo) -> Any:
-    set_current_step(info)  # this task's own context: invisible to other steps
-    return await fn(*args)
