@@ -144,3 +144,56 @@ class Pending:
     def has_effects(self) -> bool:
         """Whether there are records or states to write (not only offsets)."""
         return bool(self.outputs or self.states)
+
+
+class EarlyInputs:
+    """Inputs applied before they were written, on their way to the inbox, and the runs whose new steps wait.
+
+    A run waits while any of its early inputs with steps to start is neither in the inbox nor settled otherwise
+    (dropped, lost, committed): a new step of that run must not start on an input a crash could lose.
+    """
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, EarlyInput] = {}
+        self._waiting: dict[str, int] = {}
+        """Per run: early inputs whose steps wait for them."""
+
+    def __repr__(self) -> str:
+        return f"EarlyInputs({len(self._by_id)} on their way, waiting runs {self._waiting})"
+
+    def expect(self, early: EarlyInput) -> None:
+        """``early``'s record is on its way to the inbox: its run's new steps wait until it is there."""
+        self._by_id[early.command.id] = early
+        key = early.command.key
+        self._waiting[key] = self._waiting.get(key, 0) + 1
+
+    def get(self, command_id: str) -> EarlyInput | None:
+        """The early input of command ``command_id`` on its way to the inbox, if one is."""
+        return self._by_id.get(command_id)
+
+    def arrived(self, command_id: str) -> bool:
+        """Stop expecting the record of ``command_id`` (it landed, was lost, or its work was dropped).
+
+        Returns whether it was expected: a record heard of a second time, or after its work was dropped, is not.
+        """
+        return self._by_id.pop(command_id, None) is not None
+
+    def settle(self, early: EarlyInput) -> None:
+        """``early``'s steps no longer wait for it (they start, wait for a commit, or were dropped)."""
+        early.settled = True
+        key = early.command.key
+        left = self._waiting.get(key, 0) - 1
+        if left > 0:
+            self._waiting[key] = left
+        else:
+            self._waiting.pop(key, None)
+
+    def waits(self, key: str) -> bool:
+        """Whether run ``key`` has an input applied early whose record is not durable yet."""
+        return key in self._waiting
+
+    def overtake(self, key: str) -> None:
+        """Another input of run ``key`` was applied: its early inputs on their way may land after that one."""
+        for early in self._by_id.values():
+            if early.command.key == key:
+                early.overtaken = True

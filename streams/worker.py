@@ -46,7 +46,7 @@ from streams.batches import Record, Writable
 from streams.clock import Clock, WallClock
 from streams.executor import StepExecutor
 from streams.loop import CLOSE_TIMEOUT_S, bounded
-from streams.pending import EarlyInput, LocalStep, Out, Pending, TaskOffsets
+from streams.pending import EarlyInput, EarlyInputs, LocalStep, Out, Pending, TaskOffsets
 from streams.records import (
     COMMAND,
     COMPLETION,
@@ -192,10 +192,8 @@ class Worker:
         self._catching_up: dict[TopicPartition, int] = {}
         """Per inbox partition taken over: where it ended then. Until the reader is there, the tasks partition of the
         same number is not read (see :meth:`_catch_up`)."""
-        self._reporting: dict[str, EarlyInput] = {}
-        """Outcomes and firings applied before they were written, on their way to the inbox, by command id."""
-        self._waiting_runs: dict[str, int] = {}
-        """Runs with outcomes applied before they were durable, and steps waiting for that: count per run."""
+        self._early = EarlyInputs()
+        """Step outcomes and firings applied before they were written, on their way to the inbox."""
         self._running_local: dict[tuple[str, int, int], LocalStep] = {}
         """Steps this worker started itself and that have not finished, by attempt."""
         self._local: dict[tuple[TopicPartition, int], LocalStep] = {}
@@ -496,7 +494,7 @@ class Worker:
         assert self._executor is not None
         for early in dropped.early:
             early.dropped = True
-            reported = self._reporting.pop(early.command.id, None) is not None  # read again like any input
+            reported = self._early.arrived(early.command.id)  # read again like any input
             if not reported and early.task is not None and early.release is not None:
                 # Recorded nowhere else: the attempt must run again. Revokes and failed commits give the partition
                 # up first, and the task is read again from its held-back offset; a drop that keeps the partition
@@ -506,15 +504,7 @@ class Worker:
                 else:
                     early.release()
             if not early.settled:
-                early.settled = True
-                self._unwait(early.command.key)
-
-    def _unwait(self, key: str) -> None:
-        left = self._waiting_runs.get(key, 0) - 1
-        if left > 0:
-            self._waiting_runs[key] = left
-        else:
-            self._waiting_runs.pop(key, None)
+                self._early.settle(early)
 
     def _unoffer(self, dropped: Pending) -> None:
         """The records applied when written in ``dropped`` are applied again when the consumer reads them."""
@@ -771,7 +761,7 @@ class Worker:
             return None
         busy = self._committing is not None and len(early.pending.early) >= REPORT_UNDER_LOAD
         if early.steps and not busy:
-            self._expect_in_inbox(early)
+            self._early.expect(early)
         else:
             self._settle_with_commit(early)
             early.steps.clear()  # nothing waits for a report: the executor writes none
@@ -789,7 +779,7 @@ class Worker:
         """
         early = self._take_early(None, command)
         if early is not None:
-            self._expect_in_inbox(early)
+            self._early.expect(early)
         return early
 
     def _take_early(self, task: StepTask | None, command: Command) -> EarlyInput | None:
@@ -813,17 +803,11 @@ class Worker:
         self._work.set()
         return early
 
-    def _expect_in_inbox(self, early: EarlyInput) -> None:
-        """``early``'s record is on its way to the inbox: its run's new steps wait until it is there."""
-        key = early.command.key
-        self._reporting[early.command.id] = early
-        self._waiting_runs[key] = self._waiting_runs.get(key, 0) + 1
-
     def early_lost(self, early: EarlyInput) -> None:
         """``early``'s record could not be written to the inbox: its run's waiting steps wait for the commit."""
-        if self._reporting.pop(early.command.id, None) is None or early.dropped or early.settled:
+        if not self._early.arrived(early.command.id) or early.dropped or early.settled:
             return
-        self._unwait(early.command.key)
+        self._early.settle(early)
         self._settle_with_commit(early)
 
     @staticmethod
@@ -839,7 +823,7 @@ class Worker:
 
     def _reported(self, early: EarlyInput, tp: TopicPartition, offset: int, *, read: bool) -> None:
         """``early``'s report is at ``offset`` of ``tp``: written (``read`` False) or reached by the consumer."""
-        if self._reporting.pop(early.command.id, None) is None or early.dropped:
+        if not self._early.arrived(early.command.id) or early.dropped:
             return  # already seen, or its work was dropped: the record is an ordinary input again
         pending = early.pending
         in_order = read or self._consumed.get(tp) == offset
@@ -851,10 +835,8 @@ class Worker:
             pending.held.add(early.command.key)
         if early.settled:
             return
-        early.settled = True
-        key = early.command.key
-        self._unwait(key)
-        if pending.committed or self._may_start_now(key):  # held above if it did not land in order
+        self._early.settle(early)
+        if pending.committed or self._may_start_now(early.command.key):  # held above if it did not land in order
             for step in early.steps:
                 self._start(step)
         else:
@@ -899,7 +881,7 @@ class Worker:
         if command.key.encode() != record.key:
             pending.outputs.append(self._dead_letter(record, f"record key {record.key!r} is not the command's run key"))
             return
-        early = self._reporting.get(command.id)
+        early = self._early.get(command.id)
         if early is not None and early.command == command:
             self._reported(early, TopicPartition(record.topic, record.partition), record.offset, read=True)
             return  # applied before it was written
@@ -910,12 +892,10 @@ class Worker:
 
         Returns whether it was applied; what cannot be goes to the dead-letter topic when it was read.
         """
-        if command.key in self._waiting_runs and (self._taking is None or self._taking.command is not command):
+        if self._early.waits(command.key) and (self._taking is None or self._taking.command is not command):
             # An input of a run whose outcome applied early is not in the inbox yet: where its report lands, a new
             # owner might apply this one first. The steps waiting on that outcome wait for the commit instead.
-            for early in self._reporting.values():
-                if early.command.key == command.key:
-                    early.overtaken = True
+            self._early.overtake(command.key)
         now = self.clock.now_ms()
         if command.at_ms < now:
             # The run's "now" is when its worker takes the command: a sleep counts from the moment the workflow
@@ -951,7 +931,7 @@ class Worker:
         order and schedules the same step (the attempt then runs again, as any attempt in flight at a crash does,
         under the same idempotency key).
         """
-        if key in self._waiting_runs:
+        if self._early.waits(key):
             return False  # an outcome it took is not durable yet
         committing = self._committing
         return key not in self._open.held and (committing is None or key not in committing.held)
@@ -1118,8 +1098,7 @@ class Worker:
             if early.release is not None:
                 early.release()  # the commit recorded the outcome: the task's attempt is done
             if not early.settled:  # its report is still on its way; the commit made the outcome durable
-                early.settled = True
-                self._unwait(early.command.key)
+                self._early.settle(early)
                 for step in early.steps:
                     self._start(step)
         pending.let_go()

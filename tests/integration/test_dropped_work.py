@@ -74,7 +74,7 @@ async def _stalled(worker: Worker, client: Client, runs: int) -> str:
         f"open: {worker._open.inputs} inputs, {len(worker._open.states)} states, {len(worker._open.early)} early, "
         f"{len(worker._open.deferred)} deferred; committing: {worker._committing is not None}",
         f"consumed {worker._consumed}, rewind {worker._rewind}, offered {worker._offered}",
-        f"waiting runs {worker._waiting_runs}, reporting {len(worker._reporting)}, paused {worker._consumer.paused()}",
+        f"early inputs {worker._early!r}, paused {worker._consumer.paused()}",
         f"steps in flight {worker._executor.in_flight}",
     ]
     for n in range(runs):
