@@ -41,6 +41,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaClient
 
+from streams.topics import INDEX_INTERVAL_BYTES
+
 logger = logging.getLogger(__name__)
 
 KAFKA_VERSION = "4.1.2"
@@ -256,6 +258,9 @@ class LocalBroker:
             "num.network.threads": "1",
             "num.io.threads": "2",
             "auto.create.topics.enable": "true",
+            # Steady's topics set it themselves (streams.topics.INDEX_INTERVAL_BYTES); this covers the internal
+            # topics too, which take every transaction's offsets and markers.
+            "log.index.interval.bytes": str(INDEX_INTERVAL_BYTES),
         }
         settings.update(self.config.extra)
         path = self.home / "server.properties"
