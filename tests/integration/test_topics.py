@@ -7,7 +7,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streams.settings import Settings
-from streams.topics import INDEX_INTERVAL_BYTES, Topics, ensure_topics
+from streams.topics import INDEX_INTERVAL_BYTES, SCAN_INDEX_INTERVAL_BYTES, Topics, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -30,8 +30,10 @@ async def test_each_topic_is_created_with_its_cleanup_policy_and_a_sparse_index(
             _, _, _, name, entries = resource[:5]
             found[name] = {key: (value, source) for key, value, _, source, *_ in entries}
     assert set(found) == set(wanted)
+    scanned = {topics.state, topics.history}
     for name, config in wanted.items():
         # Set on the topic, so that it holds on any cluster, whatever its brokers' defaults.
-        assert found[name]["index.interval.bytes"] == (str(INDEX_INTERVAL_BYTES), TOPIC_LEVEL), name
+        interval = SCAN_INDEX_INTERVAL_BYTES if name in scanned else INDEX_INTERVAL_BYTES
+        assert found[name]["index.interval.bytes"] == (str(interval), TOPIC_LEVEL), name
         assert found[name]["cleanup.policy"] == (config["cleanup.policy"], TOPIC_LEVEL), name
     assert found[topics.state]["cleanup.policy"][0] == "compact"
