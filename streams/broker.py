@@ -258,8 +258,8 @@ class LocalBroker:
             "num.network.threads": "1",
             "num.io.threads": "2",
             "auto.create.topics.enable": "true",
-            # Steady's topics set it themselves (streams.topics.INDEX_INTERVAL_BYTES); this covers the internal
-            # topics too, which take every transaction's offsets and markers.
+            # Steady's topics set their own interval at creation (streams.topics); this covers the internal topics,
+            # which take every transaction's offsets and markers.
             "log.index.interval.bytes": str(INDEX_INTERVAL_BYTES),
         }
         settings.update(self.config.extra)
